@@ -1,0 +1,296 @@
+"""Analyse capture files end to end: read, decode headers, track flows,
+dispatch payloads to decoders and write everything to the store.
+
+Each batch of records goes through the same steps::
+
+    capture file ─▶ CaptureReader ─▶ layers.parse_packets ─▶ FragmentReassembler
+        ─▶ FlowTracker.assign ─▶ Dispatcher (decoders) ─▶ Store (DuckDB)
+
+Only the Dispatcher works per packet in Python, and only for the payloads a
+decoder asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from quaywatch import __version__
+from quaywatch.decode.base import ANOMALY_TABLE, Decoder
+from quaywatch.decode.dispatch import Dispatcher
+from quaywatch.decode.registry import all_decoders
+from quaywatch.flows.records import FLOW_SCHEMA, TRANSPORT_NAMES, address_strings, flows_to_arrow, mac_strings
+from quaywatch.flows.tracker import FlowTracker, Timeouts
+from quaywatch.ingest import layers
+from quaywatch.ingest.capture import CaptureFormatError, CaptureReader, detect_format
+from quaywatch.ingest.fragments import FragmentReassembler
+from quaywatch.store.database import ARP_SCHEMA, Store, event_schema
+
+Progress = Callable[[int], None]
+
+
+@dataclass(slots=True)
+class CaptureResult:
+    """What happened to one input file."""
+
+    path: Path
+    capture_id: str = ""
+    status: str = "complete"  # complete, partial, already_analysed, skipped
+    packets: int = 0
+    bytes: int = 0
+    flows: int = 0
+    malformed_packets: int = 0
+    first_timestamp: int | None = None
+    last_timestamp: int | None = None
+    fault: str | None = None
+    fault_offset: int | None = None
+    truncated_tail: bool = False
+    transports: Counter[str] = field(default_factory=Counter)
+    applications: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def needs_attention(self) -> bool:
+        """Data was lost in a way the user should look at (not just a cut-off tail)."""
+        return self.status == "partial" and not self.truncated_tail
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(8 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def expand_inputs(paths: Iterable[Path]) -> tuple[list[Path], list[CaptureResult]]:
+    """Files to analyse; files inside folders that are not captures are skipped with a note."""
+    files: list[Path] = []
+    skipped: list[CaptureResult] = []
+    for path in paths:
+        if path.is_dir():
+            for candidate in sorted(p for p in path.rglob("*") if p.is_file()):
+                with candidate.open("rb") as handle:
+                    head = handle.read(4)
+                if detect_format(head) is None:
+                    reason = "empty file" if not head else f"not a pcap or pcapng capture (first bytes {head.hex()})"
+                    skipped.append(
+                        CaptureResult(candidate, status="skipped", fault=f"{candidate}: byte 0: {reason}", fault_offset=0)
+                    )
+                else:
+                    files.append(candidate)
+        else:
+            files.append(path)
+    return files, skipped
+
+
+class Analyzer:
+    """Analyses captures into one store."""
+
+    def __init__(
+        self,
+        store: Store,
+        decoders: list[Decoder] | None = None,
+        timeouts: Timeouts | None = None,
+        buffer_bytes: int = 16 << 20,
+    ) -> None:
+        self.store = store
+        self.decoders = all_decoders() if decoders is None else decoders
+        self.timeouts = timeouts
+        self.buffer_bytes = buffer_bytes
+        store.ensure_core_tables(FLOW_SCHEMA)
+        for decoder in self.decoders:
+            for name, schema in decoder.tables.items():
+                store.ensure_table(name, event_schema(schema))
+
+    def analyze(self, path: Path, progress: Progress | None = None, force: bool = False) -> CaptureResult:
+        result = CaptureResult(path)
+        try:
+            result.capture_id = file_sha256(path)
+        except OSError as error:
+            result.status = "partial"
+            result.fault = f"{path}: byte 0: cannot read: {error.strerror or error}"
+            result.fault_offset = 0
+            return result
+        status = self.store.capture_status(result.capture_id)
+        if status in ("complete", "partial") and not force:
+            result.status = "already_analysed"
+            return result
+        self.store.begin_capture(result.capture_id, path.name, str(path), path.stat().st_size, __version__)
+        reader = CaptureReader(path, buffer_bytes=self.buffer_bytes)
+        try:
+            self._read(reader, result, progress)
+        except CaptureFormatError as error:
+            result.fault = str(error)
+            result.fault_offset = error.offset
+        if reader.fault is not None:
+            result.fault = str(reader.fault)
+            result.fault_offset = reader.fault.offset
+            result.truncated_tail = reader.fault.truncated_tail
+        result.status = "partial" if result.fault else "complete"
+        self.store.finish_capture(
+            result.capture_id,
+            {
+                "format": reader.format or None,
+                "compressed": reader.compressed,
+                "packets": result.packets,
+                "bytes": result.bytes,
+                "flows": result.flows,
+                "malformed_packets": result.malformed_packets,
+                "first_ts": _microseconds(result.first_timestamp),
+                "last_ts": _microseconds(result.last_timestamp),
+                "status": result.status,
+                "fault": result.fault,
+                "fault_offset": result.fault_offset,
+            },
+        )
+        return result
+
+    def _read(self, reader: CaptureReader, result: CaptureResult, progress: Progress | None) -> None:
+        tracker = FlowTracker(self.timeouts)
+        dispatcher = Dispatcher(self.decoders, result.capture_id)
+        fragments = FragmentReassembler()
+        names = dispatcher.names
+        try:
+            for batch in reader.batches():
+                count = batch.count
+                packets = np.empty(count, layers.PACKET_DTYPE)
+                layers.parse_packets(batch.buffer, batch.offsets, batch.captured_lengths, batch.link_types, packets)
+                original_lengths = batch.original_lengths
+                overrides: dict[int, np.ndarray] = {}
+                if (packets["status"] == layers.STATUS_FRAGMENT).any():
+                    original_lengths = original_lengths.copy()
+                    for done in fragments.add_batch(batch.buffer, packets, original_lengths, batch.timestamps):
+                        packets[done.index] = done.row
+                        original_lengths[done.index] = done.frames_bytes
+                        overrides[done.index] = done.buffer
+                flow_index, direction = tracker.assign(
+                    packets, original_lengths, batch.timestamps, batch.first_packet_number
+                )
+                dispatcher.dispatch(
+                    batch.buffer, packets, batch.timestamps, batch.first_packet_number,
+                    flow_index, direction, tracker.flows, overrides,
+                )  # fmt: skip
+                self._account(result, batch.timestamps, batch.original_lengths, packets)
+                self._write_layer_rows(result, packets, batch.timestamps, batch.first_packet_number)
+                ended = tracker.ended()
+                self._write_flows(result, dispatcher, ended, names)
+                if progress is not None:
+                    progress(reader.bytes_read if not reader.compressed else 0)
+        finally:
+            ended = tracker.finish()
+            self._write_flows(result, dispatcher, ended, names)
+            dispatcher.close_all()
+            self._write_events(dispatcher)
+            incomplete = fragments.abandon()
+            if incomplete:
+                self._anomalies(
+                    result.capture_id,
+                    [("ingest", "fragments_incomplete", f"{incomplete} fragmented datagrams never completed")],
+                )
+
+    def _account(
+        self, result: CaptureResult, timestamps: np.ndarray, original_lengths: np.ndarray, packets: np.ndarray
+    ) -> None:
+        if timestamps.shape[0] == 0:
+            return
+        result.packets += int(timestamps.shape[0])
+        result.bytes += int(original_lengths.sum(dtype=np.int64))
+        stamped = timestamps[timestamps > 0]
+        if stamped.shape[0]:
+            low, high = int(stamped.min()), int(stamped.max())
+            result.first_timestamp = low if result.first_timestamp is None else min(result.first_timestamp, low)
+            result.last_timestamp = high if result.last_timestamp is None else max(result.last_timestamp, high)
+        ip = (packets["network"] == layers.L3_IPV4) | (packets["network"] == layers.L3_IPV6)
+        counts = np.bincount(packets["transport"][ip], minlength=256)
+        for number in np.flatnonzero(counts).tolist():
+            result.transports[TRANSPORT_NAMES.get(number, f"ip-{number}")] += int(counts[number])
+        arp = int((packets["network"] == layers.L3_ARP).sum())
+        if arp:
+            result.transports["arp"] += arp
+        other = int((packets["network"] == layers.L3_OTHER).sum())
+        if other:
+            result.transports["other-ethertype"] += other
+
+    def _write_layer_rows(
+        self, result: CaptureResult, packets: np.ndarray, timestamps: np.ndarray, first_number: int
+    ) -> None:
+        status = packets["status"]
+        bad = np.flatnonzero((status != layers.STATUS_OK) & (status != layers.STATUS_FRAGMENT))
+        if bad.shape[0]:
+            result.malformed_packets += int(bad.shape[0])
+            rows = {
+                "capture_id": [result.capture_id] * bad.shape[0],
+                "ts": (timestamps[bad] // 1000).tolist(),
+                "packet_number": (bad + first_number).tolist(),
+                "event_type": ["anomaly"] * bad.shape[0],
+                "protocol": ["ingest"] * bad.shape[0],
+                "code": [f"malformed_{int(s)}" for s in status[bad].tolist()],
+                "detail": [layers.STATUS_NAMES.get(int(s), "malformed") for s in status[bad].tolist()],
+            }
+            self.store.append(ANOMALY_TABLE, pa.table(rows).cast(_subset(self.store.schemas[ANOMALY_TABLE], rows)))
+        arp = np.flatnonzero((packets["network"] == layers.L3_ARP) & (status == layers.STATUS_OK))
+        if arp.shape[0]:
+            rows_arp = packets[arp]
+            sender_ip = address_strings(rows_arp["source_high"], rows_arp["source_low"])
+            target_ip = address_strings(rows_arp["destination_high"], rows_arp["destination_low"])
+            vlan = rows_arp["vlan_outer"]
+            columns = {
+                "capture_id": [result.capture_id] * arp.shape[0],
+                "ts": (timestamps[arp] // 1000).tolist(),
+                "packet_number": (arp + first_number).tolist(),
+                "event_type": ["arp"] * arp.shape[0],
+                "vlan": pa.array(vlan, pa.int32(), mask=vlan < 0),
+                "operation": [
+                    {1: "request", 2: "reply"}.get(op, f"operation-{op}") for op in rows_arp["arp_operation"].tolist()
+                ],
+                "source_mac": mac_strings(rows_arp["source_mac"]),
+                "sender_mac": mac_strings(rows_arp["arp_sender_mac"]),
+                "sender_ip": sender_ip,
+                "target_mac": [m or "00:00:00:00:00:00" for m in mac_strings(rows_arp["arp_target_mac"])],
+                "target_ip": target_ip,
+                "gratuitous": [s == t for s, t in zip(sender_ip, target_ip, strict=True)],
+            }
+            self.store.append("arp", pa.table(columns).cast(_subset(ARP_SCHEMA, columns)))
+
+    def _write_flows(self, result: CaptureResult, dispatcher: Dispatcher, ended: np.ndarray, names: list[str]) -> None:
+        dispatcher.close_flows(ended)
+        if ended.shape[0]:
+            result.flows += int(ended.shape[0])
+            decoders = ended["decoder"]
+            for index in np.flatnonzero(decoders >= 0).tolist():
+                result.applications[names[int(decoders[index])]] += 1
+            self.store.append("flows", flows_to_arrow(ended, result.capture_id, names))
+        self._write_events(dispatcher)
+
+    def _write_events(self, dispatcher: Dispatcher) -> None:
+        for name, rows in dispatcher.take_tables().items():
+            self.store.append(name, rows)
+
+    def _anomalies(self, capture_id: str, items: list[tuple[str, str, str]]) -> None:
+        rows = {
+            "capture_id": [capture_id] * len(items),
+            "ts": [0] * len(items),
+            "event_type": ["anomaly"] * len(items),
+            "protocol": [i[0] for i in items],
+            "code": [i[1] for i in items],
+            "detail": [i[2] for i in items],
+        }
+        self.store.append(ANOMALY_TABLE, pa.table(rows).cast(_subset(self.store.schemas[ANOMALY_TABLE], rows)))
+
+
+def _subset(schema: pa.Schema, columns: dict[str, object]) -> pa.Schema:
+    return pa.schema([schema.field(name) for name in columns])
+
+
+def _microseconds(nanoseconds: int | None) -> object:
+    if nanoseconds is None:
+        return None
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(nanoseconds // 1000 / 1e6, dt.UTC)

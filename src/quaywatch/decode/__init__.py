@@ -1,0 +1,1 @@
+"""Decode: sans-IO protocol decoders, one folder per protocol, and their registry."""

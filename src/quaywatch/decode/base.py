@@ -1,0 +1,122 @@
+"""The contract between the capture pipeline and protocol decoders.
+
+Decoders are sans-IO, in the manner of h11:
+
+1. A decoder never reads files or sockets. The pipeline hands it bytes and it
+   returns typed events.
+2. A session sees exactly one flow. For TCP it receives each direction's
+   reassembled byte stream, in order, in chunks that may split a message
+   anywhere; for UDP it receives one datagram per call; for layer-2 decoders one
+   frame payload (after the EtherType) per call.
+3. Feeding a stream one byte at a time yields the same events as feeding it
+   whole. Sessions therefore buffer partial messages themselves.
+4. Malformed input becomes an ``anomaly`` event. No exception escapes
+   ``feed``; the pipeline still guards each call and records an escape as an
+   anomaly, but a decoder that relies on that is a bug.
+
+The pipeline adds the shared envelope (timestamp, packet number, flow id,
+Community ID, 5-tuple, direction) to every event, so a decoder only fills the
+fields of its own table.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import ClassVar, Literal
+
+import pyarrow as pa
+
+Transport = Literal["tcp", "udp", "ethernet"]
+
+
+class Direction(IntEnum):
+    """Which side of the flow sent the bytes."""
+
+    TO_SERVER = 0
+    TO_CLIENT = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One decoded record destined for ``table``.
+
+    ``fields`` maps column names of the decoder's declared schema to values;
+    missing columns are stored as NULL. Strings from packets are
+    attacker-controlled: keep them as received, either as ``bytes`` in binary
+    columns or as text made with ``decode("utf-8", "backslashreplace")``, so
+    that nothing is lost and nothing is interpreted.
+    """
+
+    table: str
+    event_type: str
+    fields: dict[str, object] = field(default_factory=dict)
+
+
+ANOMALY_TABLE = "anomaly"
+
+#: Every decoder may emit rows into this table; the pipeline creates it.
+ANOMALY_SCHEMA = pa.schema(
+    [
+        pa.field("protocol", pa.string(), metadata={"doc": "decoder that saw the fault"}),
+        pa.field("code", pa.string(), metadata={"doc": "stable machine-readable anomaly code"}),
+        pa.field("detail", pa.string(), metadata={"doc": "human explanation, with offsets"}),
+    ]
+)
+
+
+def anomaly(protocol: str, code: str, detail: str) -> Event:
+    """Build the event a decoder returns instead of raising."""
+    return Event(ANOMALY_TABLE, "anomaly", {"protocol": protocol, "code": code, "detail": detail})
+
+
+class Session(ABC):
+    """Decoder state for one flow."""
+
+    @abstractmethod
+    def feed(self, data: bytes, direction: Direction) -> list[Event]:
+        """Consume the next bytes of ``direction`` and return completed events."""
+
+    def gap(self, direction: Direction, length: int) -> list[Event]:
+        """Told when ``length`` bytes of a TCP stream were never captured.
+
+        The default resynchronises nothing; stream decoders should drop any
+        partial message of that direction and look for the next message start.
+        """
+        return []
+
+    def close(self) -> list[Event]:
+        """The flow ended; flush what can be said about unfinished messages."""
+        return []
+
+
+class Decoder(ABC):
+    """A protocol: how to recognise it and how to start a session.
+
+    Subclasses set the class variables and are listed once in
+    :mod:`quaywatch.decode.registry`.
+    """
+
+    #: Short lower-case protocol name, also the default table name.
+    name: ClassVar[str]
+    transport: ClassVar[Transport]
+    #: Well-known ports: a hint only. Content decides (``probe``).
+    ports: ClassVar[frozenset[int]] = frozenset()
+    #: For ``transport == "ethernet"``: the EtherTypes handed to the decoder.
+    ethertypes: ClassVar[frozenset[int]] = frozenset()
+    #: Event tables this decoder fills: name -> schema of its own columns.
+    tables: ClassVar[dict[str, pa.Schema]] = {}
+
+    @abstractmethod
+    def probe(self, payload: bytes, direction: Direction, server_port: int) -> bool:
+        """Whether the first payload of a flow is this protocol.
+
+        Called once per flow with the first non-empty payload (and again with
+        the first payload of the other direction if the first probe was
+        inconclusive). Must be cheap and must not raise.
+        """
+
+    @abstractmethod
+    def session(self) -> Session:
+        """A fresh session for one flow."""

@@ -1,0 +1,282 @@
+"""Hands payloads to decoder sessions and collects their events.
+
+Only packets of flows that a decoder claimed (or that are still waiting for
+their first probe) reach Python; everything else is filtered out with
+vectorised masks over the batch columns.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from quaywatch.decode.base import ANOMALY_SCHEMA, ANOMALY_TABLE, Decoder, Direction, Event, Session, anomaly
+from quaywatch.flows import table
+from quaywatch.flows.community_id import community_id
+from quaywatch.flows.reassembly import StreamData, StreamGap, StreamReassembler
+from quaywatch.flows.records import TRANSPORT_NAMES, address_bytes, address_strings
+from quaywatch.ingest import layers
+from quaywatch.store.database import event_schema
+
+log = logging.getLogger(__name__)
+
+DIRECTION_NAMES = ("to_server", "to_client")
+MAX_PROBES = 2
+
+
+@dataclass(slots=True)
+class _FlowSession:
+    decoder: int
+    session: Session
+    envelope: dict[str, object]
+    streams: tuple[StreamReassembler, StreamReassembler] | None
+
+
+@dataclass(slots=True)
+class EventBuffer:
+    """Rows waiting to be written, per table."""
+
+    rows: dict[str, list[dict[str, object]]] = field(default_factory=lambda: defaultdict(list))
+    count: int = 0
+
+    def add(self, envelope: dict[str, object], event: Event, timestamp: int, packet_number: int | None) -> None:
+        row = dict(envelope)
+        row.update(event.fields)
+        row["ts"] = timestamp // 1000
+        row["packet_number"] = packet_number
+        row["event_type"] = event.event_type
+        self.rows[event.table].append(row)
+        self.count += 1
+
+
+class Dispatcher:
+    """Decoder sessions for the flows of one capture."""
+
+    def __init__(self, decoders: list[Decoder], capture_id: str) -> None:
+        self.decoders = decoders
+        self.capture_id = capture_id
+        self.schemas: dict[str, pa.Schema] = {ANOMALY_TABLE: event_schema(ANOMALY_SCHEMA)}
+        for decoder in decoders:
+            for name, schema in decoder.tables.items():
+                self.schemas[name] = event_schema(schema)
+        self.stream_decoders = [i for i, d in enumerate(decoders) if d.transport == "tcp"]
+        self.datagram_decoders = [i for i, d in enumerate(decoders) if d.transport == "udp"]
+        self.frame_decoders = [i for i, d in enumerate(decoders) if d.transport == "ethernet"]
+        self.ether_types = np.array(
+            sorted({t for i in self.frame_decoders for t in decoders[i].ethertypes}) or [-1], np.int64
+        )
+        self.sessions: dict[int, _FlowSession] = {}
+        self.frame_sessions: dict[tuple[int, int], Session] = {}
+        self.buffer = EventBuffer()
+        self.claimed: dict[str, int] = defaultdict(int)
+
+    @property
+    def names(self) -> list[str]:
+        return [decoder.name for decoder in self.decoders]
+
+    # -- per batch ------------------------------------------------------------------
+
+    def dispatch(
+        self,
+        buffer: np.ndarray,
+        packets: np.ndarray,
+        timestamps: np.ndarray,
+        first_packet_number: int,
+        flow_index: np.ndarray,
+        direction: np.ndarray,
+        flows: np.ndarray,
+        overrides: dict[int, np.ndarray],
+    ) -> None:
+        """Feed this batch's wanted payloads to their sessions."""
+        if not self.decoders:
+            return
+        if self.frame_decoders:
+            self._frames(buffer, packets, timestamps, first_packet_number)
+        has_payload = (flow_index >= 0) & (packets["payload_captured"] > 0)
+        candidates = np.flatnonzero(has_payload)
+        if candidates.shape[0] == 0:
+            return
+        states = flows["decoder"][flow_index[candidates]]
+        candidates = candidates[states != table.DECODER_NONE]
+        decoder_column = flows["decoder"]
+        for index in candidates.tolist():
+            row_index = int(flow_index[index])
+            state = int(decoder_column[row_index])
+            if state == table.DECODER_NONE:
+                continue
+            row = packets[index]
+            source = overrides.get(index, buffer)
+            start = int(row["payload_offset"])
+            payload = bytes(source[start : start + int(row["payload_captured"])])
+            side = Direction(int(direction[index]))
+            flow_row = flows[row_index]
+            uid = int(flow_row["uid"])
+            if state == table.DECODER_UNPROBED:
+                state = self._probe(flow_row, payload, side)
+                decoder_column[row_index] = state
+                if state < 0:
+                    continue
+            flow_session = self.sessions.get(uid)
+            if flow_session is None:
+                continue
+            timestamp = int(timestamps[index])
+            packet_number = first_packet_number + index
+            if flow_session.streams is not None:
+                stream = flow_session.streams[side]
+                sequence = int(row["sequence"])
+                pieces = stream.segment(sequence, payload)
+                for piece in pieces:
+                    self._deliver(flow_session, piece, side, timestamp, packet_number)
+            else:
+                self._feed(flow_session, payload, side, timestamp, packet_number)
+
+    def _probe(self, flow_row: np.void, payload: bytes, side: Direction) -> int:
+        transport = int(flow_row["transport"])
+        server_port = int(flow_row["server_port"])
+        if transport == 6:
+            pool = self.stream_decoders
+        elif transport == 17:
+            pool = self.datagram_decoders
+        else:
+            return table.DECODER_NONE
+        # Decoders whose well-known port matches go first; content decides.
+        ordered = [i for i in pool if server_port in self.decoders[i].ports]
+        ordered += [i for i in pool if i not in ordered]
+        for index in ordered:
+            try:
+                matched = self.decoders[index].probe(payload, side, server_port)
+            except Exception as error:  # a probe must not raise; keep going and record it
+                log.warning("probe of %s raised %r", self.decoders[index].name, error)
+                matched = False
+            if matched:
+                self._start(index, flow_row)
+                return index
+        probes = int(flow_row["probes"]) + 1
+        flow_row["probes"] = probes
+        return table.DECODER_NONE if probes >= MAX_PROBES else table.DECODER_UNPROBED
+
+    def _start(self, index: int, flow_row: np.void) -> None:
+        decoder = self.decoders[index]
+        self.claimed[decoder.name] += 1
+        high = np.array([flow_row["client_high"], flow_row["server_high"]], np.uint64)
+        low = np.array([flow_row["client_low"], flow_row["server_low"]], np.uint64)
+        client_ip, server_ip = address_strings(high, low)
+        transport = int(flow_row["transport"])
+        envelope: dict[str, object] = {
+            "capture_id": self.capture_id,
+            "flow_id": f"{int(flow_row['hash']):016x}",
+            "community_id": community_id(
+                transport,
+                address_bytes(int(flow_row["client_high"]), int(flow_row["client_low"])),
+                address_bytes(int(flow_row["server_high"]), int(flow_row["server_low"])),
+                int(flow_row["client_port"]),
+                int(flow_row["server_port"]),
+            ),
+            "client_ip": client_ip,
+            "client_port": int(flow_row["client_port"]),
+            "server_ip": server_ip,
+            "server_port": int(flow_row["server_port"]),
+            "transport": TRANSPORT_NAMES.get(transport, str(transport)),
+        }
+        streams = (StreamReassembler(), StreamReassembler()) if decoder.transport == "tcp" else None
+        self.sessions[int(flow_row["uid"])] = _FlowSession(index, decoder.session(), envelope, streams)
+
+    def _deliver(
+        self, flow_session: _FlowSession, piece: StreamData | StreamGap, side: Direction, timestamp: int, number: int
+    ) -> None:
+        if isinstance(piece, StreamData):
+            self._feed(flow_session, piece.data, side, timestamp, number)
+            return
+        name = self.decoders[flow_session.decoder].name
+        events = self._guard(name, lambda: flow_session.session.gap(side, piece.length))
+        events.append(anomaly(name, "stream_gap", f"{piece.length} bytes missing from the {side.name} stream"))
+        self._emit(flow_session.envelope, events, side, timestamp, number)
+
+    def _feed(self, flow_session: _FlowSession, data: bytes, side: Direction, timestamp: int, number: int) -> None:
+        name = self.decoders[flow_session.decoder].name
+        events = self._guard(name, lambda: flow_session.session.feed(data, side))
+        if events:
+            self._emit(flow_session.envelope, events, side, timestamp, number)
+
+    def _guard(self, name: str, call: object) -> list[Event]:
+        try:
+            return list(call())  # type: ignore[operator]
+        except Exception as error:  # the contract says decoders never raise; record it if one does
+            return [anomaly(name, "decoder_exception", f"{type(error).__name__}: {error}")]
+
+    def _emit(
+        self, envelope: dict[str, object], events: list[Event], side: Direction | None, timestamp: int, number: int | None
+    ) -> None:
+        base = dict(envelope)
+        base["direction"] = DIRECTION_NAMES[side] if side is not None else None
+        for event in events:
+            self.buffer.add(base, event, timestamp, number)
+
+    # -- layer 2 ----------------------------------------------------------------------
+
+    def _frames(self, buffer: np.ndarray, packets: np.ndarray, timestamps: np.ndarray, first_number: int) -> None:
+        ether = packets["ether_type"].astype(np.int64)
+        ether = np.where(ether < 0x600, 0, ether)  # IEEE 802.3 length field: LLC frames are type 0
+        wanted = np.flatnonzero((packets["network"] == layers.L3_OTHER) & np.isin(ether, self.ether_types))
+        for index in wanted.tolist():
+            row = packets[index]
+            kind = int(ether[index])
+            start = int(row["payload_offset"])
+            payload = bytes(buffer[start : start + int(row["payload_captured"])])
+            source = int(row["source_mac"])
+            for decoder_index in self.frame_decoders:
+                decoder = self.decoders[decoder_index]
+                if kind not in decoder.ethertypes:
+                    continue
+                key = (decoder_index, source)
+                session = self.frame_sessions.get(key)
+                if session is None:
+                    session = self.frame_sessions[key] = decoder.session()
+                events = self._guard(decoder.name, lambda s=session: s.feed(payload, Direction.TO_SERVER))
+                if events:
+                    envelope = {"capture_id": self.capture_id}
+                    self._emit(envelope, events, None, int(timestamps[index]), first_number + index)
+
+    # -- flow end -------------------------------------------------------------------
+
+    def close_flows(self, ended: np.ndarray) -> None:
+        """Flush and close the sessions of flows that ended."""
+        if not self.sessions or ended.shape[0] == 0:
+            return
+        for uid, last_timestamp, last_packet in zip(
+            ended["uid"].tolist(), ended["last_timestamp"].tolist(), ended["last_packet"].tolist(), strict=True
+        ):
+            flow_session = self.sessions.pop(uid, None)
+            if flow_session is None:
+                continue
+            if flow_session.streams is not None:
+                for side in (Direction.TO_SERVER, Direction.TO_CLIENT):
+                    for piece in flow_session.streams[side].finish():
+                        self._deliver(flow_session, piece, side, last_timestamp, last_packet)
+            name = self.decoders[flow_session.decoder].name
+            events = self._guard(name, flow_session.session.close)
+            if events:
+                self._emit(flow_session.envelope, events, None, last_timestamp, last_packet)
+
+    def close_all(self) -> None:
+        for key, session in list(self.frame_sessions.items()):
+            events = self._guard(self.decoders[key[0]].name, session.close)
+            if events:
+                self._emit({"capture_id": self.capture_id}, events, None, 0, None)
+        self.frame_sessions.clear()
+
+    def take_tables(self) -> dict[str, pa.Table]:
+        """Events collected so far, as Arrow tables, and empty the buffer."""
+        tables = {}
+        for name, rows in self.buffer.rows.items():
+            schema = self.schemas.get(name)
+            if schema is None:
+                log.warning("events for undeclared table %s dropped", name)
+                continue
+            tables[name] = pa.Table.from_pylist(rows, schema=schema)
+        self.buffer = EventBuffer()
+        return tables

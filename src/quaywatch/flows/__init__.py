@@ -1,0 +1,1 @@
+"""Flows: bidirectional flow tracking, Community ID and TCP stream reassembly."""

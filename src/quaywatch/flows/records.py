@@ -1,0 +1,187 @@
+"""Turn ended flow rows into the ``flows`` table: addresses, ids and states."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pyarrow as pa
+
+from quaywatch.flows import table
+from quaywatch.flows.community_id import community_id
+
+MAPPED_PREFIX = 0x0000FFFF00000000
+
+FLOW_SCHEMA = pa.schema(
+    [
+        pa.field("capture_id", pa.string(), False, {"doc": "sha256 of the capture file"}),
+        pa.field("flow_id", pa.string(), False, {"doc": "stable id: hash of 5-tuple, VLANs and first timestamp"}),
+        pa.field("community_id", pa.string(), True, {"doc": "Community ID v1 (seed 0)"}),
+        pa.field("ts", pa.timestamp("us", tz="UTC"), False, {"doc": "first packet"}),
+        pa.field("last_ts", pa.timestamp("us", tz="UTC"), False, {"doc": "last packet"}),
+        pa.field("duration", pa.float64(), False, {"doc": "seconds from first to last packet"}),
+        pa.field("transport", pa.string(), False, {"doc": "tcp, udp, icmp, icmp6, sctp or the IP protocol number"}),
+        pa.field("ip_protocol", pa.uint8(), False),
+        pa.field("client_ip", pa.string(), False, {"doc": "originator: sent the SYN or the first packet"}),
+        pa.field("client_port", pa.int32(), False, {"doc": "ICMP: request type"}),
+        pa.field("server_ip", pa.string(), False),
+        pa.field("server_port", pa.int32(), False, {"doc": "ICMP: code"}),
+        pa.field("vlan", pa.int32(), True, {"doc": "outer 802.1Q/802.1ad tag"}),
+        pa.field("inner_vlan", pa.int32(), True),
+        pa.field("client_mac", pa.string(), True),
+        pa.field("server_mac", pa.string(), True),
+        pa.field("client_ttl", pa.uint8(), True, {"doc": "IP TTL / hop limit first seen from the client"}),
+        pa.field("server_ttl", pa.uint8(), True),
+        pa.field("packets_to_server", pa.int64(), False),
+        pa.field("packets_to_client", pa.int64(), False),
+        pa.field("bytes_to_server", pa.int64(), False, {"doc": "frame bytes on the wire, as tshark counts"}),
+        pa.field("bytes_to_client", pa.int64(), False),
+        pa.field("ip_bytes_to_server", pa.int64(), False, {"doc": "IP datagram bytes, as Zeek's orig_ip_bytes"}),
+        pa.field("ip_bytes_to_client", pa.int64(), False),
+        pa.field("payload_bytes_to_server", pa.int64(), False, {"doc": "transport payload bytes"}),
+        pa.field("payload_bytes_to_client", pa.int64(), False),
+        pa.field("tcp_flags_to_server", pa.string(), True, {"doc": "union of TCP flags, e.g. SAF"}),
+        pa.field("tcp_flags_to_client", pa.string(), True),
+        pa.field("state", pa.string(), False, {"doc": "Zeek conn_state code (S0, SF, REJ, ...) or OTH"}),
+        pa.field("end_reason", pa.string(), False, {"doc": "idle, port_reuse or capture_end"}),
+        pa.field("first_packet", pa.int64(), False, {"doc": "1-based packet number in the capture"}),
+        pa.field("last_packet", pa.int64(), False),
+        pa.field("application", pa.string(), True, {"doc": "decoder that claimed the flow"}),
+    ]
+)
+
+TRANSPORT_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp", 47: "gre", 50: "esp"}
+FLAG_LETTERS = ((0x02, "S"), (0x10, "A"), (0x08, "P"), (0x01, "F"), (0x04, "R"), (0x20, "U"))
+
+
+def address_strings(high: np.ndarray, low: np.ndarray) -> list[str]:
+    """Text of each address; IPv4-mapped addresses print as dotted quads."""
+    if high.shape[0] == 0:
+        return []
+    pairs = np.stack([high, low], axis=1)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    text = []
+    for upper, lower in unique.tolist():
+        if upper == 0 and (lower >> 32) == 0xFFFF:
+            text.append(str(ipaddress.IPv4Address(lower & 0xFFFFFFFF)))
+        else:
+            text.append(str(ipaddress.IPv6Address((upper << 64) | lower)))
+    return [text[i] for i in inverse.reshape(-1).tolist()]
+
+
+def address_bytes(high: int, low: int) -> bytes:
+    if high == 0 and (low >> 32) == 0xFFFF:
+        return (low & 0xFFFFFFFF).to_bytes(4, "big")
+    return high.to_bytes(8, "big") + low.to_bytes(8, "big")
+
+
+def mac_strings(values: np.ndarray) -> list[str | None]:
+    unique, inverse = np.unique(values, return_inverse=True)
+    text: list[str | None] = [
+        ":".join(f"{(int(v) >> s) & 0xFF:02x}" for s in (40, 32, 24, 16, 8, 0)) if v else None
+        for v in unique.tolist()
+    ]
+    return [text[i] for i in inverse.reshape(-1).tolist()]
+
+
+def flag_string(flags: int) -> str:
+    return "".join(letter for bit, letter in FLAG_LETTERS if flags & bit)
+
+
+def connection_states(rows: np.ndarray) -> np.ndarray:
+    """Zeek's conn_state codes from the flags each side sent (Zeek base/protocols/conn/main.zeek)."""
+    tcp = rows["transport"] == 6
+    client = rows["flags_to_server"].astype(np.int64)
+    server = rows["flags_to_client"].astype(np.int64)
+    syn = rows["started_with_syn"] == 1
+    no_server = server == 0
+    server_synack = (server & 0x12) == 0x12
+    server_syn_or_ack = (server & 0x12) != 0
+    client_fin, server_fin = (client & 1) != 0, (server & 1) != 0
+    client_rst, server_rst = (client & 4) != 0, (server & 4) != 0
+    conditions = [
+        ~tcp,
+        syn & no_server,
+        syn & server_rst & ~server_synack & ~server_syn_or_ack,
+        client_rst & syn & ~server_synack,
+        client_rst,
+        server_rst & syn & ~server_synack,
+        server_rst,
+        syn & server_synack & client_fin & server_fin,
+        syn & server_synack & client_fin,
+        syn & server_synack & server_fin,
+        syn & server_synack,
+        ~syn & client_fin & no_server,
+        ~syn & server_fin & ~client_fin,
+    ]
+    choices = ["OTH", "S0", "REJ", "RSTOS0", "RSTO", "RSTRH", "RSTR", "SF", "S2", "S3", "S1", "SH", "SHR"]
+    return np.select(conditions, choices, default="OTH")
+
+
+def flows_to_arrow(rows: np.ndarray, capture_id: str, decoder_names: list[str]) -> pa.Table:
+    """Build the flows table for ended flow rows."""
+    count = rows.shape[0]
+    clients = address_strings(rows["client_high"], rows["client_low"])
+    servers = address_strings(rows["server_high"], rows["server_low"])
+    community: list[str | None] = [
+        community_id(transport, address_bytes(ch, cl), address_bytes(sh, sl), cp, sp)
+        for transport, ch, cl, sh, sl, cp, sp in zip(
+            rows["transport"].tolist(),
+            rows["client_high"].tolist(),
+            rows["client_low"].tolist(),
+            rows["server_high"].tolist(),
+            rows["server_low"].tolist(),
+            rows["client_port"].tolist(),
+            rows["server_port"].tolist(),
+            strict=True,
+        )
+    ]
+    first = rows["first_timestamp"]
+    last = rows["last_timestamp"]
+    vlan = rows["vlan_outer"]
+    inner = rows["vlan_inner"]
+    decoders = rows["decoder"]
+    applications = [decoder_names[d] if 0 <= d < len(decoder_names) else None for d in decoders.tolist()]
+    flags_server = rows["flags_to_server"].tolist()
+    flags_client = rows["flags_to_client"].tolist()
+    tcp = rows["transport"] == 6
+    columns = {
+        "capture_id": pa.array([capture_id] * count, pa.string()),
+        "flow_id": pa.array([f"{h:016x}" for h in rows["hash"].tolist()], pa.string()),
+        "community_id": pa.array(community, pa.string()),
+        "ts": pa.array(first // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "last_ts": pa.array(last // 1000, pa.int64()).cast(pa.timestamp("us", tz="UTC")),
+        "duration": pa.array((last - first) / 1e9, pa.float64()),
+        "transport": pa.array([TRANSPORT_NAMES.get(t, str(t)) for t in rows["transport"].tolist()], pa.string()),
+        "ip_protocol": pa.array(rows["transport"], pa.uint8()),
+        "client_ip": pa.array(clients, pa.string()),
+        "client_port": pa.array(rows["client_port"], pa.int32()),
+        "server_ip": pa.array(servers, pa.string()),
+        "server_port": pa.array(rows["server_port"], pa.int32()),
+        "vlan": pa.array(vlan, pa.int32(), mask=vlan < 0),
+        "inner_vlan": pa.array(inner, pa.int32(), mask=inner < 0),
+        "client_mac": pa.array(mac_strings(rows["client_mac"]), pa.string()),
+        "server_mac": pa.array(mac_strings(rows["server_mac"]), pa.string()),
+        "client_ttl": pa.array(rows["client_ttl"], pa.uint8()),
+        "server_ttl": pa.array(rows["server_ttl"], pa.uint8(), mask=rows["packets_to_client"] == 0),
+        "packets_to_server": pa.array(rows["packets_to_server"], pa.int64()),
+        "packets_to_client": pa.array(rows["packets_to_client"], pa.int64()),
+        "bytes_to_server": pa.array(rows["bytes_to_server"], pa.int64()),
+        "bytes_to_client": pa.array(rows["bytes_to_client"], pa.int64()),
+        "ip_bytes_to_server": pa.array(rows["ip_bytes_to_server"], pa.int64()),
+        "ip_bytes_to_client": pa.array(rows["ip_bytes_to_client"], pa.int64()),
+        "payload_bytes_to_server": pa.array(rows["payload_bytes_to_server"], pa.int64()),
+        "payload_bytes_to_client": pa.array(rows["payload_bytes_to_client"], pa.int64()),
+        "tcp_flags_to_server": pa.array(
+            [flag_string(f) if t else None for f, t in zip(flags_server, tcp.tolist(), strict=True)], pa.string()
+        ),
+        "tcp_flags_to_client": pa.array(
+            [flag_string(f) if t else None for f, t in zip(flags_client, tcp.tolist(), strict=True)], pa.string()
+        ),
+        "state": pa.array(connection_states(rows).tolist(), pa.string()),
+        "end_reason": pa.array([table.END_REASONS[r] for r in rows["end_reason"].tolist()], pa.string()),
+        "first_packet": pa.array(rows["first_packet"], pa.int64()),
+        "last_packet": pa.array(rows["last_packet"], pa.int64()),
+        "application": pa.array(applications, pa.string()),
+    }
+    return pa.table(columns, schema=FLOW_SCHEMA)

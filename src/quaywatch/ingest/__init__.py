@@ -1,0 +1,1 @@
+"""Ingest: the only stage that reads capture files."""

@@ -1,0 +1,1 @@
+"""Store: the embedded DuckDB database and Parquet export."""

@@ -1,0 +1,187 @@
+"""The embedded store: one DuckDB file holding captures, flows and events.
+
+Every row carries the ``capture_id`` (the capture file's sha256). A capture is
+registered as ``running`` before its rows are written and marked ``complete``
+or ``partial`` afterwards, which gives two guarantees:
+
+* analysing the same file again finds it finished and changes nothing;
+* a run that died half way is found ``running``; its rows are deleted and the
+  capture is analysed again from the start, so nothing is duplicated.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from quaywatch.decode.base import ANOMALY_SCHEMA, ANOMALY_TABLE
+
+DEFAULT_DATABASE = Path("quaywatch.duckdb")
+
+CAPTURES_SCHEMA = pa.schema(
+    [
+        pa.field("capture_id", pa.string(), False, {"doc": "sha256 of the file as stored"}),
+        pa.field("name", pa.string(), False, {"doc": "file name"}),
+        pa.field("path", pa.string(), False, {"doc": "path given when it was analysed"}),
+        pa.field("format", pa.string(), True, {"doc": "pcap or pcapng"}),
+        pa.field("compressed", pa.bool_(), True, {"doc": "gzip-compressed file"}),
+        pa.field("file_bytes", pa.int64(), False),
+        pa.field("packets", pa.int64(), True),
+        pa.field("bytes", pa.int64(), True, {"doc": "sum of original frame lengths"}),
+        pa.field("flows", pa.int64(), True),
+        pa.field("malformed_packets", pa.int64(), True),
+        pa.field("first_ts", pa.timestamp("us", tz="UTC"), True),
+        pa.field("last_ts", pa.timestamp("us", tz="UTC"), True),
+        pa.field("status", pa.string(), False, {"doc": "running, complete or partial"}),
+        pa.field("fault", pa.string(), True, {"doc": "why reading stopped early, with the byte offset"}),
+        pa.field("fault_offset", pa.int64(), True),
+        pa.field("analysed_at", pa.timestamp("us", tz="UTC"), False),
+        pa.field("quaywatch_version", pa.string(), False),
+    ]
+)
+
+#: Columns every event table starts with (the shared envelope).
+ENVELOPE_FIELDS = [
+    pa.field("capture_id", pa.string(), False, {"doc": "sha256 of the capture file"}),
+    pa.field("ts", pa.timestamp("us", tz="UTC"), False, {"doc": "time of the packet that completed the event"}),
+    pa.field("packet_number", pa.int64(), True, {"doc": "1-based packet number in the capture"}),
+    pa.field("flow_id", pa.string(), True, {"doc": "flows.flow_id"}),
+    pa.field("community_id", pa.string(), True, {"doc": "Community ID v1 of the flow"}),
+    pa.field("client_ip", pa.string(), True),
+    pa.field("client_port", pa.int32(), True),
+    pa.field("server_ip", pa.string(), True),
+    pa.field("server_port", pa.int32(), True),
+    pa.field("transport", pa.string(), True),
+    pa.field("direction", pa.string(), True, {"doc": "to_server or to_client"}),
+    pa.field("event_type", pa.string(), False, {"doc": "kind of record within the table"}),
+]
+
+
+def event_schema(fields: pa.Schema) -> pa.Schema:
+    """Envelope followed by a decoder's own columns."""
+    return pa.schema(ENVELOPE_FIELDS + list(fields))
+
+
+ARP_SCHEMA = event_schema(
+    pa.schema(
+        [
+            pa.field("vlan", pa.int32(), True),
+            pa.field("operation", pa.string(), False, {"doc": "request or reply"}),
+            pa.field("source_mac", pa.string(), True, {"doc": "Ethernet source"}),
+            pa.field("sender_mac", pa.string(), False),
+            pa.field("sender_ip", pa.string(), False),
+            pa.field("target_mac", pa.string(), False),
+            pa.field("target_ip", pa.string(), False),
+            pa.field("gratuitous", pa.bool_(), False, {"doc": "sender announces its own address"}),
+        ]
+    )
+)
+
+
+class StoreError(Exception):
+    """The database file cannot be opened or written."""
+
+
+class Store:
+    """A DuckDB database file with the quaywatch tables."""
+
+    def __init__(self, path: Path = DEFAULT_DATABASE, threads: int | None = None, read_only: bool = False) -> None:
+        self.path = path
+        try:
+            self.connection = duckdb.connect(str(path), read_only=read_only)
+        except duckdb.Error as error:
+            raise StoreError(f"{path}: cannot open the database: {error}") from error
+        if threads:
+            self.connection.execute(f"SET threads = {int(threads)}")
+        self.schemas: dict[str, pa.Schema] = {}
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # -- schema ---------------------------------------------------------------------
+
+    def ensure_table(self, name: str, schema: pa.Schema) -> None:
+        """Create ``name`` from an Arrow schema unless it exists."""
+        self.schemas[name] = schema
+        empty = schema.empty_table()  # noqa: F841  (read by DuckDB's replacement scan)
+        self.connection.execute(f'CREATE TABLE IF NOT EXISTS "{name}" AS SELECT * FROM empty LIMIT 0')
+
+    def ensure_core_tables(self, flow_schema: pa.Schema) -> None:
+        self.ensure_table("captures", CAPTURES_SCHEMA)
+        self.ensure_table("flows", flow_schema)
+        self.ensure_table("arp", ARP_SCHEMA)
+        self.ensure_table(ANOMALY_TABLE, event_schema(ANOMALY_SCHEMA))
+
+    def tables(self) -> list[str]:
+        rows = self.connection.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1"
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    # -- captures -------------------------------------------------------------------
+
+    def capture_status(self, capture_id: str) -> str | None:
+        row = self.connection.execute(
+            "SELECT status FROM captures WHERE capture_id = ?", [capture_id]
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def begin_capture(self, capture_id: str, name: str, path: str, file_bytes: int, version: str) -> None:
+        """Register a capture as running, removing rows of an earlier interrupted run."""
+        self.remove_capture(capture_id)
+        self.append(
+            "captures",
+            pa.Table.from_pylist(
+                [
+                    {
+                        "capture_id": capture_id,
+                        "name": name,
+                        "path": path,
+                        "file_bytes": file_bytes,
+                        "status": "running",
+                        "analysed_at": dt.datetime.now(dt.UTC),
+                        "quaywatch_version": version,
+                    }
+                ],
+                schema=CAPTURES_SCHEMA,
+            ),
+        )
+
+    def remove_capture(self, capture_id: str) -> None:
+        for table in self.tables():
+            columns = self.connection.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+            ).fetchall()
+            if ("capture_id",) in columns:
+                self.connection.execute(f'DELETE FROM "{table}" WHERE capture_id = ?', [capture_id])
+
+    def finish_capture(self, capture_id: str, values: dict[str, object]) -> None:
+        assignments = ", ".join(f'"{key}" = ?' for key in values)
+        self.connection.execute(
+            f"UPDATE captures SET {assignments} WHERE capture_id = ?", [*values.values(), capture_id]
+        )
+
+    # -- rows -----------------------------------------------------------------------
+
+    def append(self, name: str, rows: pa.Table) -> None:
+        if rows.num_rows == 0:
+            return
+        batch = rows  # noqa: F841  (read by DuckDB's replacement scan)
+        self.connection.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM batch')
+
+    # -- export ---------------------------------------------------------------------
+
+    def export_parquet(self, directory: Path, tables: Iterable[str] | None = None) -> list[Path]:
+        """Write each table to ``directory/<table>.parquet``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        written = []
+        for table in tables or self.tables():
+            target = directory / f"{table}.parquet"
+            quoted = str(target).replace("'", "''")
+            self.connection.execute(f"""COPY "{table}" TO '{quoted}' (FORMAT parquet, COMPRESSION zstd)""")
+            written.append(target)
+        return written
