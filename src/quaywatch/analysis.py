@@ -68,6 +68,26 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+SAMPLE_BYTES = 1 << 20
+
+
+def file_identity(path: Path) -> str:
+    """A cheap identity from the size and three 1 MiB samples of the file.
+
+    It keys the capture's rows while the full sha256 is computed during the
+    single reading pass. A rerun that matches it is confirmed against the
+    stored full sha256 before anything is skipped, so a file edited only
+    between the samples is never mistaken for one already analysed.
+    """
+    size = path.stat().st_size
+    digest = hashlib.sha256(size.to_bytes(8, "big"))
+    with path.open("rb") as handle:
+        for start in (0, max(0, size // 2 - SAMPLE_BYTES // 2), max(0, size - SAMPLE_BYTES)):
+            handle.seek(start)
+            digest.update(handle.read(SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
 def expand_inputs(paths: Iterable[Path]) -> tuple[list[Path], list[CaptureResult]]:
     """Files to analyse; files inside folders that are not captures are skipped with a note."""
     files: list[Path] = []
@@ -111,15 +131,19 @@ class Analyzer:
     def analyze(self, path: Path, progress: Progress | None = None, force: bool = False) -> CaptureResult:
         result = CaptureResult(path)
         try:
-            result.capture_id = file_sha256(path)
+            result.capture_id = file_identity(path)
+            known = self.store.capture_record(result.capture_id)
+            if known is not None and known[0] in ("complete", "partial"):
+                full = file_sha256(path)
+                if full == known[1] and not force:
+                    result.status = "already_analysed"
+                    return result
+                if full != known[1]:
+                    result.capture_id = full  # same samples, different file: key it by its full hash
         except OSError as error:
             result.status = "partial"
             result.fault = f"{path}: byte 0: cannot read: {error.strerror or error}"
             result.fault_offset = 0
-            return result
-        status = self.store.capture_status(result.capture_id)
-        if status in ("complete", "partial") and not force:
-            result.status = "already_analysed"
             return result
         self.store.begin_capture(result.capture_id, path.name, str(path), path.stat().st_size, __version__)
         reader = CaptureReader(path, buffer_bytes=self.buffer_bytes)
@@ -136,6 +160,7 @@ class Analyzer:
         self.store.finish_capture(
             result.capture_id,
             {
+                "sha256": reader.sha256,
                 "format": reader.format or None,
                 "compressed": reader.compressed,
                 "packets": result.packets,
@@ -159,11 +184,13 @@ class Analyzer:
         try:
             for batch in reader.batches():
                 count = batch.count
-                packets = np.empty(count, layers.PACKET_DTYPE)
-                layers.parse_packets(batch.buffer, batch.offsets, batch.captured_lengths, batch.link_types, packets)
+                packets = np.zeros(count, layers.PACKET_DTYPE)
+                tally = layers.parse_packets(
+                    batch.buffer, batch.offsets, batch.captured_lengths, batch.link_types, packets
+                )
                 original_lengths = batch.original_lengths
                 overrides: dict[int, np.ndarray] = {}
-                if (packets["status"] == layers.STATUS_FRAGMENT).any():
+                if tally[layers.TALLY_FRAGMENT]:
                     original_lengths = original_lengths.copy()
                     for done in fragments.add_batch(batch.buffer, packets, original_lengths, batch.timestamps):
                         packets[done.index] = done.row
@@ -176,8 +203,9 @@ class Analyzer:
                     batch.buffer, packets, batch.timestamps, batch.first_packet_number,
                     flow_index, direction, tracker.flows, overrides,
                 )  # fmt: skip
-                self._account(result, batch.timestamps, batch.original_lengths, packets)
-                self._write_layer_rows(result, packets, batch.timestamps, batch.first_packet_number)
+                self._account(result, batch.timestamps, batch.original_lengths, tally)
+                if tally[layers.TALLY_MALFORMED] or tally[layers.TALLY_ARP]:
+                    self._write_layer_rows(result, packets, batch.timestamps, batch.first_packet_number)
                 ended = tracker.ended()
                 self._write_flows(result, dispatcher, ended, names)
                 if progress is not None:
@@ -195,27 +223,29 @@ class Analyzer:
                 )
 
     def _account(
-        self, result: CaptureResult, timestamps: np.ndarray, original_lengths: np.ndarray, packets: np.ndarray
+        self, result: CaptureResult, timestamps: np.ndarray, original_lengths: np.ndarray, tally: np.ndarray
     ) -> None:
         if timestamps.shape[0] == 0:
             return
         result.packets += int(timestamps.shape[0])
         result.bytes += int(original_lengths.sum(dtype=np.int64))
-        stamped = timestamps[timestamps > 0]
-        if stamped.shape[0]:
-            low, high = int(stamped.min()), int(stamped.max())
+        low, high = int(timestamps.min()), int(timestamps.max())
+        if low <= 0:  # simple packet blocks carry no timestamp
+            stamped = timestamps[timestamps > 0]
+            low = int(stamped.min()) if stamped.shape[0] else 0
+        if high > 0:
             result.first_timestamp = low if result.first_timestamp is None else min(result.first_timestamp, low)
             result.last_timestamp = high if result.last_timestamp is None else max(result.last_timestamp, high)
-        ip = (packets["network"] == layers.L3_IPV4) | (packets["network"] == layers.L3_IPV6)
-        counts = np.bincount(packets["transport"][ip], minlength=256)
-        for number in np.flatnonzero(counts).tolist():
-            result.transports[TRANSPORT_NAMES.get(number, f"ip-{number}")] += int(counts[number])
-        arp = int((packets["network"] == layers.L3_ARP).sum())
-        if arp:
-            result.transports["arp"] += arp
-        other = int((packets["network"] == layers.L3_OTHER).sum())
-        if other:
-            result.transports["other-ethertype"] += other
+        for number in np.flatnonzero(tally[:256]).tolist():
+            result.transports[TRANSPORT_NAMES.get(number, f"ip-{number}")] += int(tally[number])
+        for slot, name in (
+            (layers.TALLY_ARP, "arp"),
+            (layers.TALLY_OTHER, "other-ethertype"),
+            (layers.TALLY_FRAGMENT, "ip-fragment"),
+            (layers.TALLY_MALFORMED, "malformed"),
+        ):
+            if tally[slot]:
+                result.transports[name] += int(tally[slot])
 
     def _write_layer_rows(
         self, result: CaptureResult, packets: np.ndarray, timestamps: np.ndarray, first_number: int

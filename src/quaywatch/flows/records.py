@@ -14,7 +14,7 @@ MAPPED_PREFIX = 0x0000FFFF00000000
 
 FLOW_SCHEMA = pa.schema(
     [
-        pa.field("capture_id", pa.string(), False, {"doc": "sha256 of the capture file"}),
+        pa.field("capture_id", pa.string(), False, {"doc": "captures.capture_id"}),
         pa.field("flow_id", pa.string(), False, {"doc": "stable id: hash of 5-tuple, VLANs and first timestamp"}),
         pa.field("community_id", pa.string(), True, {"doc": "Community ID v1 (seed 0)"}),
         pa.field("ts", pa.timestamp("us", tz="UTC"), False, {"doc": "first packet"}),
@@ -54,19 +54,30 @@ TRANSPORT_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6", 132: "sctp", 47:
 FLAG_LETTERS = ((0x02, "S"), (0x10, "A"), (0x08, "P"), (0x01, "F"), (0x04, "R"), (0x20, "U"))
 
 
+def _address_text(upper: int, lower: int) -> str:
+    if upper == 0 and (lower >> 32) == 0xFFFF:
+        return str(ipaddress.IPv4Address(lower & 0xFFFFFFFF))
+    return str(ipaddress.IPv6Address((upper << 64) | lower))
+
+
+def address_array(high: np.ndarray, low: np.ndarray) -> pa.Array:
+    """Text of each address as an Arrow array; each distinct address is formatted once."""
+    if high.shape[0] == 0:
+        return pa.array([], pa.string())
+    if not high.any():
+        unique, inverse = np.unique(low, return_inverse=True)
+        text = [_address_text(0, lower) for lower in unique.tolist()]
+    else:
+        pairs = np.empty(high.shape[0], [("high", np.uint64), ("low", np.uint64)])
+        pairs["high"], pairs["low"] = high, low
+        unique, inverse = np.unique(pairs, return_inverse=True)
+        text = [_address_text(upper, lower) for upper, lower in unique.tolist()]
+    return pa.array(text, pa.string()).take(pa.array(inverse.reshape(-1)))
+
+
 def address_strings(high: np.ndarray, low: np.ndarray) -> list[str]:
     """Text of each address; IPv4-mapped addresses print as dotted quads."""
-    if high.shape[0] == 0:
-        return []
-    pairs = np.stack([high, low], axis=1)
-    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
-    text = []
-    for upper, lower in unique.tolist():
-        if upper == 0 and (lower >> 32) == 0xFFFF:
-            text.append(str(ipaddress.IPv4Address(lower & 0xFFFFFFFF)))
-        else:
-            text.append(str(ipaddress.IPv6Address((upper << 64) | lower)))
-    return [text[i] for i in inverse.reshape(-1).tolist()]
+    return address_array(high, low).to_pylist()  # type: ignore[no-any-return]
 
 
 def address_bytes(high: int, low: int) -> bytes:
@@ -75,17 +86,25 @@ def address_bytes(high: int, low: int) -> bytes:
     return high.to_bytes(8, "big") + low.to_bytes(8, "big")
 
 
-def mac_strings(values: np.ndarray) -> list[str | None]:
+def mac_array(values: np.ndarray) -> pa.Array:
+    """Colon-separated MAC addresses; zero (no MAC on this link type) is NULL."""
     unique, inverse = np.unique(values, return_inverse=True)
-    text: list[str | None] = [
-        ":".join(f"{(int(v) >> s) & 0xFF:02x}" for s in (40, 32, 24, 16, 8, 0)) if v else None
+    text = [
+        ":".join(f"{(v >> shift) & 0xFF:02x}" for shift in (40, 32, 24, 16, 8, 0)) if v else None
         for v in unique.tolist()
     ]
-    return [text[i] for i in inverse.reshape(-1).tolist()]
+    return pa.array(text, pa.string()).take(pa.array(inverse.reshape(-1)))
+
+
+def mac_strings(values: np.ndarray) -> list[str | None]:
+    return mac_array(values).to_pylist()  # type: ignore[no-any-return]
 
 
 def flag_string(flags: int) -> str:
     return "".join(letter for bit, letter in FLAG_LETTERS if flags & bit)
+
+
+FLAG_STRINGS = [flag_string(value) for value in range(256)]
 
 
 def connection_states(rows: np.ndarray) -> np.ndarray:
@@ -121,8 +140,8 @@ def connection_states(rows: np.ndarray) -> np.ndarray:
 def flows_to_arrow(rows: np.ndarray, capture_id: str, decoder_names: list[str]) -> pa.Table:
     """Build the flows table for ended flow rows."""
     count = rows.shape[0]
-    clients = address_strings(rows["client_high"], rows["client_low"])
-    servers = address_strings(rows["server_high"], rows["server_low"])
+    clients = address_array(rows["client_high"], rows["client_low"])
+    servers = address_array(rows["server_high"], rows["server_low"])
     community: list[str | None] = [
         community_id(transport, address_bytes(ch, cl), address_bytes(sh, sl), cp, sp)
         for transport, ch, cl, sh, sl, cp, sp in zip(
@@ -154,14 +173,14 @@ def flows_to_arrow(rows: np.ndarray, capture_id: str, decoder_names: list[str]) 
         "duration": pa.array((last - first) / 1e9, pa.float64()),
         "transport": pa.array([TRANSPORT_NAMES.get(t, str(t)) for t in rows["transport"].tolist()], pa.string()),
         "ip_protocol": pa.array(rows["transport"], pa.uint8()),
-        "client_ip": pa.array(clients, pa.string()),
+        "client_ip": clients,
         "client_port": pa.array(rows["client_port"], pa.int32()),
-        "server_ip": pa.array(servers, pa.string()),
+        "server_ip": servers,
         "server_port": pa.array(rows["server_port"], pa.int32()),
         "vlan": pa.array(vlan, pa.int32(), mask=vlan < 0),
         "inner_vlan": pa.array(inner, pa.int32(), mask=inner < 0),
-        "client_mac": pa.array(mac_strings(rows["client_mac"]), pa.string()),
-        "server_mac": pa.array(mac_strings(rows["server_mac"]), pa.string()),
+        "client_mac": mac_array(rows["client_mac"]),
+        "server_mac": mac_array(rows["server_mac"]),
         "client_ttl": pa.array(rows["client_ttl"], pa.uint8()),
         "server_ttl": pa.array(rows["server_ttl"], pa.uint8(), mask=rows["packets_to_client"] == 0),
         "packets_to_server": pa.array(rows["packets_to_server"], pa.int64()),
@@ -172,12 +191,8 @@ def flows_to_arrow(rows: np.ndarray, capture_id: str, decoder_names: list[str]) 
         "ip_bytes_to_client": pa.array(rows["ip_bytes_to_client"], pa.int64()),
         "payload_bytes_to_server": pa.array(rows["payload_bytes_to_server"], pa.int64()),
         "payload_bytes_to_client": pa.array(rows["payload_bytes_to_client"], pa.int64()),
-        "tcp_flags_to_server": pa.array(
-            [flag_string(f) if t else None for f, t in zip(flags_server, tcp.tolist(), strict=True)], pa.string()
-        ),
-        "tcp_flags_to_client": pa.array(
-            [flag_string(f) if t else None for f, t in zip(flags_client, tcp.tolist(), strict=True)], pa.string()
-        ),
+        "tcp_flags_to_server": pa.array([FLAG_STRINGS[f] for f in flags_server], pa.string(), mask=~tcp),
+        "tcp_flags_to_client": pa.array([FLAG_STRINGS[f] for f in flags_client], pa.string(), mask=~tcp),
         "state": pa.array(connection_states(rows).tolist(), pa.string()),
         "end_reason": pa.array([table.END_REASONS[r] for r in rows["end_reason"].tolist()], pa.string()),
         "first_packet": pa.array(rows["first_packet"], pa.int64()),

@@ -14,12 +14,14 @@ partial.
 from __future__ import annotations
 
 import gzip
+import hashlib
+import io
 import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -94,12 +96,34 @@ def detect_format(head: bytes) -> str | None:
     return None
 
 
-def _open(path: Path) -> tuple[BinaryIO, bool]:
-    with path.open("rb") as probe:
-        head = probe.read(2)
-    if head == GZIP_MAGIC:
-        return gzip.open(path, "rb"), True  # type: ignore[return-value]
-    return path.open("rb"), False
+class _HashingFile(io.RawIOBase):
+    """Hashes the raw file bytes as they are read, so the sha256 costs no second pass."""
+
+    def __init__(self, raw: BinaryIO, digest: Any) -> None:
+        self.raw = raw
+        self.digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        return data
+
+    def readinto(self, target: Any) -> int:
+        data = self.read(len(target))
+        target[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        """Hash whatever was not read, e.g. after a fault stopped the reader."""
+        while self.read(8 << 20):
+            pass
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 class CaptureReader:
@@ -119,13 +143,21 @@ class CaptureReader:
         self.compressed = False
         self.bytes_read = 0
         self.packets = 0
+        self._digest = hashlib.sha256()
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the whole file as stored; complete once ``batches`` is exhausted."""
+        return self._digest.hexdigest()
 
     # -- public -----------------------------------------------------------------
 
     def batches(self) -> Iterator[RecordBatch]:
         """Yield batches until the end of the file or the first fault."""
-        stream, self.compressed = _open(self.path)
-        with stream:
+        raw = _HashingFile(self.path.open("rb"), self._digest)
+        self.compressed = raw.raw.peek(2)[:2] == GZIP_MAGIC  # type: ignore[attr-defined]
+        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if self.compressed else raw  # type: ignore[assignment]
+        try:
             try:
                 head = stream.read(4)
             except (OSError, EOFError, zlib.error) as error:
@@ -143,6 +175,10 @@ class CaptureReader:
                 raise CaptureFormatError(
                     self.path, 0, f"not a pcap or pcapng capture (first bytes {head.hex()})"
                 )
+        finally:
+            raw.drain()
+            stream.close()
+            raw.close()
 
     # -- reading helpers ----------------------------------------------------------
 

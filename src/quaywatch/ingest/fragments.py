@@ -92,7 +92,7 @@ class FragmentReassembler:
             if pending.overlap:
                 self.overlapping += 1
             rebuilt = _rebuild(row, datagram)
-            parsed = np.zeros(1, layers.PACKET_DTYPE)
+            parsed = np.zeros(1, layers.PACKET_DTYPE)  # parse_packets expects zeroed rows
             layers.parse_packets(
                 rebuilt, np.zeros(1, np.int64), np.array([rebuilt.shape[0]], np.int32), np.array([101], np.int32), parsed
             )

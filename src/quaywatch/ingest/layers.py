@@ -103,6 +103,15 @@ def _mac(buffer: np.ndarray, position: int) -> np.uint64:
     return value
 
 
+#: Per-batch tallies returned by :func:`parse_packets`: index by IP protocol
+#: number (0-255), then these extra slots.
+TALLY_ARP = 256
+TALLY_OTHER = 257
+TALLY_MALFORMED = 258
+TALLY_FRAGMENT = 259
+TALLY_SIZE = 260
+
+
 @njit(cache=True)
 def parse_packets(
     buffer: np.ndarray,
@@ -110,44 +119,33 @@ def parse_packets(
     captured_lengths: np.ndarray,
     link_types: np.ndarray,
     packets: np.ndarray,
-) -> None:
-    """Fill ``packets`` (PACKET_DTYPE) for every record."""
+) -> np.ndarray:
+    """Fill ``packets`` (PACKET_DTYPE, zeroed by the caller) and return tallies."""
+    tally = np.zeros(TALLY_SIZE, np.int64)
     for index in range(offsets.shape[0]):
-        _parse_one(buffer, offsets[index], captured_lengths[index], link_types[index], packets[index : index + 1])
+        _parse_one(buffer, offsets[index], captured_lengths[index], link_types[index], packets, index)
+        row = packets[index]
+        status = row.status
+        if status == STATUS_FRAGMENT:
+            tally[TALLY_FRAGMENT] += 1
+        elif status != STATUS_OK:
+            tally[TALLY_MALFORMED] += 1
+        elif row.network == L3_IPV4 or row.network == L3_IPV6:
+            tally[row.transport] += 1
+        elif row.network == L3_ARP:
+            tally[TALLY_ARP] += 1
+        elif row.network == L3_OTHER:
+            tally[TALLY_OTHER] += 1
+    return tally
 
 
-@njit(cache=True)
-def _parse_one(buffer: np.ndarray, start: int, length: int, link_type: int, row_view: np.ndarray) -> None:
-    row = row_view[0]
-    row.status = STATUS_OK
-    row.network = L3_NONE
-    row.transport = 0
-    row.ttl = 0
-    row.tcp_flags = 0
-    row.arp_operation = 0
-    row.ether_type = 0
+@njit(cache=True, inline="always")
+def _parse_one(buffer: np.ndarray, start: int, length: int, link_type: int, packets: np.ndarray, index: int) -> None:
+    row = packets[index]
     row.vlan_outer = -1
     row.vlan_inner = -1
-    row.source_port = 0
-    row.destination_port = 0
-    row.source_mac = 0
-    row.destination_mac = 0
-    row.source_high = 0
-    row.source_low = 0
-    row.destination_high = 0
-    row.destination_low = 0
-    row.sequence = 0
-    row.acknowledgement = 0
     row.network_offset = start
-    row.network_length = 0
     row.payload_offset = start
-    row.payload_length = 0
-    row.payload_captured = 0
-    row.fragment_id = 0
-    row.fragment_offset = 0
-    row.more_fragments = 0
-    row.arp_sender_mac = 0
-    row.arp_target_mac = 0
     end = start + length
     position = start
     ether_type = -1
@@ -238,7 +236,7 @@ def _parse_one(buffer: np.ndarray, start: int, length: int, link_type: int, row_
         row.payload_captured = np.int32(end - position)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _arp(buffer: np.ndarray, position: int, end: int, row: np.ndarray) -> None:
     row.network = L3_ARP
     if position + 28 > end:
@@ -255,7 +253,7 @@ def _arp(buffer: np.ndarray, position: int, end: int, row: np.ndarray) -> None:
     row.destination_low = IPV4_MAPPED_PREFIX | np.uint64(_u32(buffer, position + 24))
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ipv4(buffer: np.ndarray, position: int, end: int, row: np.ndarray) -> None:
     row.network = L3_IPV4
     if position + 20 > end:
@@ -292,7 +290,7 @@ def _ipv4(buffer: np.ndarray, position: int, end: int, row: np.ndarray) -> None:
     _transport(buffer, position + header_length, datagram_end, captured_end, row)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _ipv6(buffer: np.ndarray, position: int, end: int, row: np.ndarray) -> None:
     row.network = L3_IPV6
     if position + 40 > end:
@@ -359,7 +357,7 @@ def _ipv6(buffer: np.ndarray, position: int, end: int, row: np.ndarray) -> None:
     _transport(buffer, cursor, datagram_end, captured_end, row)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _transport(buffer: np.ndarray, position: int, datagram_end: int, captured_end: int, row: np.ndarray) -> None:
     protocol = row.transport
     if protocol == 6:

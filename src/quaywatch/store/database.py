@@ -24,7 +24,8 @@ DEFAULT_DATABASE = Path("quaywatch.duckdb")
 
 CAPTURES_SCHEMA = pa.schema(
     [
-        pa.field("capture_id", pa.string(), False, {"doc": "sha256 of the file as stored"}),
+        pa.field("capture_id", pa.string(), False, {"doc": "identity keying this capture's rows in every table"}),
+        pa.field("sha256", pa.string(), True, {"doc": "sha256 of the whole file as stored (compressed if gzip)"}),
         pa.field("name", pa.string(), False, {"doc": "file name"}),
         pa.field("path", pa.string(), False, {"doc": "path given when it was analysed"}),
         pa.field("format", pa.string(), True, {"doc": "pcap or pcapng"}),
@@ -46,7 +47,7 @@ CAPTURES_SCHEMA = pa.schema(
 
 #: Columns every event table starts with (the shared envelope).
 ENVELOPE_FIELDS = [
-    pa.field("capture_id", pa.string(), False, {"doc": "sha256 of the capture file"}),
+    pa.field("capture_id", pa.string(), False, {"doc": "captures.capture_id"}),
     pa.field("ts", pa.timestamp("us", tz="UTC"), False, {"doc": "time of the packet that completed the event"}),
     pa.field("packet_number", pa.int64(), True, {"doc": "1-based packet number in the capture"}),
     pa.field("flow_id", pa.string(), True, {"doc": "flows.flow_id"}),
@@ -124,11 +125,12 @@ class Store:
 
     # -- captures -------------------------------------------------------------------
 
-    def capture_status(self, capture_id: str) -> str | None:
+    def capture_record(self, capture_id: str) -> tuple[str, str | None] | None:
+        """Status and full sha256 of a capture already registered."""
         row = self.connection.execute(
-            "SELECT status FROM captures WHERE capture_id = ?", [capture_id]
+            "SELECT status, sha256 FROM captures WHERE capture_id = ?", [capture_id]
         ).fetchone()
-        return None if row is None else str(row[0])
+        return None if row is None else (str(row[0]), row[1])
 
     def begin_capture(self, capture_id: str, name: str, path: str, file_bytes: int, version: str) -> None:
         """Register a capture as running, removing rows of an earlier interrupted run."""
