@@ -8,8 +8,9 @@ Decoders are sans-IO, in the manner of h11:
    reassembled byte stream, in order, in chunks that may split a message
    anywhere; for UDP it receives one datagram per call; for layer-2 decoders one
    frame payload (after the EtherType) per call.
-3. Feeding a stream one byte at a time yields the same events as feeding it
-   whole. Sessions therefore buffer partial messages themselves.
+3. Feeding a stream one byte at a time (with the same timestamps) yields the
+   same events as feeding it whole. Sessions therefore buffer partial
+   messages themselves.
 4. Malformed input becomes an ``anomaly`` event. No exception escapes
    ``feed``; the pipeline still guards each call and records an escape as an
    anomaly, but a decoder that relies on that is a bug.
@@ -75,8 +76,12 @@ class Session(ABC):
     """Decoder state for one flow."""
 
     @abstractmethod
-    def feed(self, data: bytes, direction: Direction) -> list[Event]:
-        """Consume the next bytes of ``direction`` and return completed events."""
+    def feed(self, data: bytes, direction: Direction, timestamp: float) -> list[Event]:
+        """Consume the next bytes of ``direction`` and return completed events.
+
+        ``timestamp`` (seconds since the epoch) is when the packet carrying
+        ``data`` was captured; sessions use it for request/response latency.
+        """
 
     def gap(self, direction: Direction, length: int) -> list[Event]:
         """Told when ``length`` bytes of a TCP stream were never captured.

@@ -198,7 +198,7 @@ class Dispatcher:
 
     def _feed(self, flow_session: _FlowSession, data: bytes, side: Direction, timestamp: int, number: int) -> None:
         name = self.decoders[flow_session.decoder].name
-        events = self._guard(name, lambda: flow_session.session.feed(data, side))
+        events = self._guard(name, lambda: flow_session.session.feed(data, side, timestamp / 1e9))
         if events:
             self._emit(flow_session.envelope, events, side, timestamp, number)
 
@@ -236,7 +236,8 @@ class Dispatcher:
                 session = self.frame_sessions.get(key)
                 if session is None:
                     session = self.frame_sessions[key] = decoder.session()
-                events = self._guard(decoder.name, lambda s=session: s.feed(payload, Direction.TO_SERVER))
+                stamp = int(timestamps[index]) / 1e9
+                events = self._guard(decoder.name, lambda s=session: s.feed(payload, Direction.TO_SERVER, stamp))
                 if events:
                     envelope = {"capture_id": self.capture_id}
                     self._emit(envelope, events, None, int(timestamps[index]), first_number + index)

@@ -112,9 +112,10 @@ class _HashingFile(io.RawIOBase):
         return data
 
     def readinto(self, target: Any) -> int:
-        data = self.read(len(target))
-        target[: len(data)] = data
-        return len(data)
+        count = self.raw.readinto(target)  # type: ignore[attr-defined]
+        if count:
+            self.digest.update(memoryview(target)[:count])
+        return int(count or 0)
 
     def drain(self) -> None:
         """Hash whatever was not read, e.g. after a fault stopped the reader."""
@@ -124,6 +125,53 @@ class _HashingFile(io.RawIOBase):
     def close(self) -> None:
         self.raw.close()
         super().close()
+
+
+class _Window:
+    """A reusable read buffer that slides along the file.
+
+    Batches point into it, so a batch's bytes are valid only until the next
+    batch is requested; consumers copy what they keep.
+    """
+
+    def __init__(self, stream: BinaryIO, size: int, initial: bytes, start_offset: int) -> None:
+        self.stream = stream
+        self.storage = bytearray(size)
+        self.view = memoryview(self.storage)
+        self.array = np.frombuffer(self.storage, np.uint8)
+        self.storage[: len(initial)] = initial
+        self.filled = len(initial)
+        self.file_offset = start_offset  # file offset of storage[0]
+        self.at_end = False
+        self.error: str | None = None
+
+    def grow(self) -> None:
+        """Double the buffer when one record does not fit (small buffers in tests, huge blocks)."""
+        storage = bytearray(len(self.storage) * 2)
+        storage[: self.filled] = self.view[: self.filled]
+        self.view.release()
+        self.storage = storage
+        self.view = memoryview(storage)
+        self.array = np.frombuffer(storage, np.uint8)
+
+    def slide(self, consumed: int) -> None:
+        """Drop ``consumed`` bytes from the front and fill the rest from the stream."""
+        remaining = self.filled - consumed
+        if consumed:
+            self.storage[:remaining] = self.view[consumed : self.filled]
+            self.file_offset += consumed
+        self.filled = remaining
+        while self.filled < len(self.storage) and not self.at_end:
+            try:
+                count = self.stream.readinto(self.view[self.filled :])  # type: ignore[attr-defined]
+            except (OSError, EOFError, zlib.error) as error:
+                self.error = f"compressed stream is damaged: {error}"
+                self.at_end = True
+                break
+            if not count:
+                self.at_end = True
+                break
+            self.filled += count
 
 
 class CaptureReader:
@@ -182,24 +230,6 @@ class CaptureReader:
 
     # -- reading helpers ----------------------------------------------------------
 
-    def _chunks(self, stream: BinaryIO, initial: bytes) -> Iterator[tuple[bytes, bool]]:
-        """Raw chunks, and whether each is the last; decompression errors become faults."""
-        pending = initial
-        while True:
-            try:
-                data = stream.read(self.buffer_bytes)
-            except (OSError, EOFError, zlib.error) as error:
-                if pending:
-                    yield pending, True
-                self._set_fault(self.bytes_read + len(pending), f"compressed stream is damaged: {error}")
-                return
-            if not data:
-                yield pending, True
-                return
-            if pending:
-                yield pending, False
-            pending = data
-
     def _set_fault(self, offset: int, reason: str, truncated_tail: bool = False) -> None:
         if self.fault is None:
             self.fault = Fault(self.path, offset, reason, truncated_tail)
@@ -228,13 +258,13 @@ class CaptureReader:
             raise CaptureFormatError(
                 self.path, 20, f"unsupported link type {link_type} ({link_type_name(link_type)})"
             )
-        self.bytes_read = 24
-        carry = b""
-        for data, last in self._chunks(stream, b""):
-            buffer = np.frombuffer(carry + data, dtype=np.uint8) if carry else np.frombuffer(data, np.uint8)
-            base = self.bytes_read - len(carry)
+        window = _Window(stream, self.buffer_bytes, b"", 24)
+        window.slide(0)
+        while True:
+            buffer = window.array
+            base = window.file_offset
             position = 0
-            end = buffer.shape[0]
+            end = window.filled
             while True:
                 offsets, captured, original, stamps, links = self._columns()
                 status, position, count = records.walk_pcap(
@@ -243,6 +273,7 @@ class CaptureReader:
                 )  # fmt: skip
                 if count:
                     links[:count] = link_type
+                    self.bytes_read = base + position
                     yield self._batch(buffer, offsets, captured, original, stamps, links, count, base)
                 if status == records.FULL:
                     continue
@@ -250,11 +281,17 @@ class CaptureReader:
                     self._set_fault(base + position, self._pcap_corruption(buffer, position, big_endian))
                     return
                 break
-            self.bytes_read = base + end
-            carry = bytes(buffer[position:end])
-            if last and carry:
-                self._set_fault(base + position, self._truncation(carry, 16, 8, big_endian), True)
+            self.bytes_read = base + position
+            if window.at_end:
+                if window.error:
+                    self._set_fault(base + position, window.error)
+                elif position < end:
+                    carry = bytes(buffer[position:end])
+                    self._set_fault(base + position, self._truncation(carry, 16, 8, big_endian), True)
                 return
+            if position == 0 and window.filled == len(window.storage):
+                window.grow()
+            window.slide(position)
 
     def _pcap_corruption(self, buffer: np.ndarray, position: int, big_endian: bool) -> str:
         order = ">" if big_endian else "<"
@@ -277,13 +314,13 @@ class CaptureReader:
         time_offsets = np.zeros(256, np.int64)
         interface_count = 0
         big_endian = False
-        carry = b""
-        self.bytes_read = 0
-        for data, last in self._chunks(stream, head):
-            buffer = np.frombuffer(carry + data, dtype=np.uint8) if carry else np.frombuffer(data, np.uint8)
-            base = self.bytes_read - len(carry)
+        window = _Window(stream, self.buffer_bytes, head, 0)
+        window.slide(0)
+        while True:
+            buffer = window.array
+            base = window.file_offset
             position = 0
-            end = buffer.shape[0]
+            end = window.filled
             while True:
                 offsets, captured, original, stamps, links = self._columns()
                 status, position, count = records.walk_pcapng(
@@ -291,13 +328,14 @@ class CaptureReader:
                     offsets, captured, original, stamps, links, 0,
                 )  # fmt: skip
                 if count:
+                    self.bytes_read = base + position
                     yield self._batch(buffer, offsets, captured, original, stamps, links, count, base)
                 if status == records.FULL:
                     continue
                 if status == records.NEEDS_PYTHON:
                     block = self._python_block(buffer, position, end, big_endian)
                     if block is None:
-                        break  # block continues in the next chunk
+                        break  # block continues in the next window
                     if isinstance(block, str):
                         self._set_fault(base + position, block)
                         return
@@ -330,15 +368,20 @@ class CaptureReader:
                     self._set_fault(base + position, "packet block names an interface that was never described")
                     return
                 break
-            self.bytes_read = base + end
-            carry = bytes(buffer[position:end])
-            if last and carry:
-                self._set_fault(
-                    base + position,
-                    f"last block is cut short: {len(carry)} bytes remain of a block that needs more",
-                    True,
-                )
+            self.bytes_read = base + position
+            if window.at_end:
+                if window.error:
+                    self._set_fault(base + position, window.error)
+                elif position < end:
+                    self._set_fault(
+                        base + position,
+                        f"last block is cut short: {end - position} bytes remain of a block that needs more",
+                        True,
+                    )
                 return
+            if position == 0 and window.filled == len(window.storage):
+                window.grow()
+            window.slide(position)
 
     def _python_block(
         self, buffer: np.ndarray, position: int, end: int, big_endian: bool
