@@ -100,7 +100,9 @@ def expand_inputs(paths: Iterable[Path]) -> tuple[list[Path], list[CaptureResult
                 if detect_format(head) is None:
                     reason = "empty file" if not head else f"not a pcap or pcapng capture (first bytes {head.hex()})"
                     skipped.append(
-                        CaptureResult(candidate, status="skipped", fault=f"{candidate}: byte 0: {reason}", fault_offset=0)
+                        CaptureResult(
+                            candidate, status="skipped", fault=f"{candidate}: byte 0: {reason}", fault_offset=0
+                        )
                     )
                 else:
                     files.append(candidate)
@@ -209,7 +211,7 @@ class Analyzer:
                 ended = tracker.ended()
                 self._write_flows(result, dispatcher, ended, names)
                 if progress is not None:
-                    progress(reader.bytes_read if not reader.compressed else 0)
+                    progress(reader.file_position)
         finally:
             ended = tracker.finish()
             self._write_flows(result, dispatcher, ended, names)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from tests.factories import icmp_frame, tcp_frame, udp_frame, write_pcap
 
 from quaywatch.analysis import Analyzer
 from quaywatch.store.database import Store
-from tests.factories import icmp_frame, tcp_frame, udp_frame, write_pcap
 
 SYN, ACK, FIN, RST, PSH = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST, dpkt.tcp.TH_PUSH
 
@@ -31,8 +31,16 @@ def handshake(client: str, server: str, port: int, start: float, close: bool = T
         (start, tcp_frame(client, server, port, 502, SYN, sequence=100)),
         (start + 0.001, tcp_frame(server, client, 502, port, SYN | ACK, sequence=900, acknowledgement=101)),
         (start + 0.002, tcp_frame(client, server, port, 502, ACK, sequence=101, acknowledgement=901)),
-        (start + 0.003, tcp_frame(client, server, port, 502, PSH | ACK, b"\x00\x01\x00\x00\x00\x06\x01\x03\x00\x00\x00\x01", 101, 901)),
-        (start + 0.004, tcp_frame(server, client, 502, port, PSH | ACK, b"\x00\x01\x00\x00\x00\x05\x01\x03\x02\x00\x2a", 901, 113)),
+        (
+            start + 0.003,
+            tcp_frame(
+                client, server, port, 502, PSH | ACK, b"\x00\x01\x00\x00\x00\x06\x01\x03\x00\x00\x00\x01", 101, 901
+            ),
+        ),
+        (
+            start + 0.004,
+            tcp_frame(server, client, 502, port, PSH | ACK, b"\x00\x01\x00\x00\x00\x05\x01\x03\x02\x00\x2a", 901, 113),
+        ),
     ]
     if close:
         frames += [
@@ -126,7 +134,12 @@ def test_many_flows_grow_the_table_and_batches_do_not_change_results(tmp_path: P
     """More flows than the initial table size, read with tiny buffers, equal one big read."""
     frames = []
     for number in range(20_000):
-        frames.append((10.0 + number * 0.001, udp_frame("10.1.0.1", f"10.2.{number // 250}.{number % 250}", 5000 + number % 1000, 53, b"q")))
+        frames.append(
+            (
+                10.0 + number * 0.001,
+                udp_frame("10.1.0.1", f"10.2.{number // 250}.{number % 250}", 5000 + number % 1000, 53, b"q"),
+            )
+        )
     capture = write_pcap(tmp_path / "many.pcap", frames)
     results = []
     for buffer_bytes in (1 << 12, 16 << 20):

@@ -7,10 +7,10 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+from tests.factories import udp_frame, write_pcap
 
 from quaywatch.analysis import Analyzer
 from quaywatch.store.database import Store
-from tests.factories import udp_frame, write_pcap
 
 RESEARCH = Path(__file__).resolve().parents[2].parent / "shared" / "research-data"
 MODBUS = RESEARCH / "icsnpp-modbus/testing/traces/modbus_example.pcap"
@@ -25,8 +25,12 @@ def counts(store: Store) -> dict[str, int]:
 def captures(tmp_path: Path) -> list[Path]:
     if MODBUS.exists() and DNP3.exists():
         return [MODBUS, DNP3]
-    first = write_pcap(tmp_path / "a.pcap", [(1.0 + i, udp_frame("10.0.0.1", "10.0.0.2", 4000 + i, 53, b"x")) for i in range(5)])
-    second = write_pcap(tmp_path / "b.pcap", [(9.0 + i, udp_frame("10.0.0.3", "10.0.0.2", 4000 + i, 53, b"x")) for i in range(7)])
+    first = write_pcap(
+        tmp_path / "a.pcap", [(1.0 + i, udp_frame("10.0.0.1", "10.0.0.2", 4000 + i, 53, b"x")) for i in range(5)]
+    )
+    second = write_pcap(
+        tmp_path / "b.pcap", [(9.0 + i, udp_frame("10.0.0.3", "10.0.0.2", 4000 + i, 53, b"x")) for i in range(7)]
+    )
     return [first, second]
 
 

@@ -56,7 +56,9 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary as one JSON object.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Threads DuckDB may use.")
 @click.option("--force", is_flag=True, help="Analyse again captures already in the database.")
-def analyze(inputs: tuple[Path, ...], database: Path, quiet: bool, as_json: bool, threads: int | None, force: bool) -> None:
+def analyze(
+    inputs: tuple[Path, ...], database: Path, quiet: bool, as_json: bool, threads: int | None, force: bool
+) -> None:
     """Analyse capture files (pcap, pcapng, gzip) or folders of them into the database."""
     console = Console(stderr=True, quiet=quiet and not as_json)
     files, skipped = expand_inputs(inputs)
@@ -108,7 +110,9 @@ def _analyze_one(analyzer: Analyzer, path: Path, force: bool, console: Console, 
     return result
 
 
-def _summary(store: Store, results: list[CaptureResult], skipped: list[CaptureResult], database: Path) -> dict[str, Any]:
+def _summary(
+    store: Store, results: list[CaptureResult], skipped: list[CaptureResult], database: Path
+) -> dict[str, Any]:
     analysed = [r for r in results if r.status in ("complete", "partial")]
     ids = [r.capture_id for r in analysed]
     transports: dict[str, int] = {}
@@ -184,7 +188,8 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     console.print(captures)
     span = "-"
     if summary["first_ts"] is not None:
-        span = f"{when(summary['first_ts'])} → {when(summary['last_ts'])} ({summary['last_ts'] - summary['first_ts']:.1f} s)"
+        seconds = summary["last_ts"] - summary["first_ts"]
+        span = f"{when(summary['first_ts'])} → {when(summary['last_ts'])} ({seconds:.1f} s)"
     console.print(
         f"[bold]{summary['packets']:,}[/] packets, [bold]{summary['bytes']:,}[/] bytes, "
         f"[bold]{summary['flows']:,}[/] flows, {summary['malformed_packets']:,} malformed; time span {span}"
@@ -202,7 +207,9 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
     for column in ("address", "bytes", "packets", "flows"):
         talkers.add_column(column, justify="left" if column == "address" else "right")
     for talker in summary["top_talkers"]:
-        talkers.add_row(terminal_safe(talker["ip"]), f"{talker['bytes']:,}", f"{talker['packets']:,}", f"{talker['flows']:,}")
+        talkers.add_row(
+            terminal_safe(talker["ip"]), f"{talker['bytes']:,}", f"{talker['packets']:,}", f"{talker['flows']:,}"
+        )
     console.print(talkers)
     console.print(f"database: {terminal_safe(summary['database'])}")
 

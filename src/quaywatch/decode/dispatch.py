@@ -209,7 +209,12 @@ class Dispatcher:
             return [anomaly(name, "decoder_exception", f"{type(error).__name__}: {error}")]
 
     def _emit(
-        self, envelope: dict[str, object], events: list[Event], side: Direction | None, timestamp: int, number: int | None
+        self,
+        envelope: dict[str, object],
+        events: list[Event],
+        side: Direction | None,
+        timestamp: int,
+        number: int | None,
     ) -> None:
         base = dict(envelope)
         base["direction"] = DIRECTION_NAMES[side] if side is not None else None
@@ -237,9 +242,12 @@ class Dispatcher:
                 if session is None:
                     session = self.frame_sessions[key] = decoder.session()
                 stamp = int(timestamps[index]) / 1e9
-                events = self._guard(decoder.name, lambda s=session: s.feed(payload, Direction.TO_SERVER, stamp))
+                events = self._guard(
+                    decoder.name,
+                    lambda s=session, p=payload, t=stamp: s.feed(p, Direction.TO_SERVER, t),
+                )
                 if events:
-                    envelope = {"capture_id": self.capture_id}
+                    envelope: dict[str, object] = {"capture_id": self.capture_id}
                     self._emit(envelope, events, None, int(timestamps[index]), first_number + index)
 
     # -- flow end -------------------------------------------------------------------

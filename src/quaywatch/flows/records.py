@@ -77,7 +77,7 @@ def address_array(high: np.ndarray, low: np.ndarray) -> pa.Array:
 
 def address_strings(high: np.ndarray, low: np.ndarray) -> list[str]:
     """Text of each address; IPv4-mapped addresses print as dotted quads."""
-    return address_array(high, low).to_pylist()  # type: ignore[no-any-return]
+    return list(address_array(high, low).to_pylist())
 
 
 def address_bytes(high: int, low: int) -> bytes:
@@ -97,7 +97,7 @@ def mac_array(values: np.ndarray) -> pa.Array:
 
 
 def mac_strings(values: np.ndarray) -> list[str | None]:
-    return mac_array(values).to_pylist()  # type: ignore[no-any-return]
+    return list(mac_array(values).to_pylist())
 
 
 def flag_string(flags: int) -> str:

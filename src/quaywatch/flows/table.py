@@ -24,8 +24,15 @@ OPEN = 0
 ENDED_IDLE = 1
 ENDED_PORT_REUSE = 2
 ENDED_CAPTURE_END = 3
+ENDED_EVICTED = 4  # the table reached its size limit and this flow was least recently active
 
-END_REASONS = {OPEN: "open", ENDED_IDLE: "idle", ENDED_PORT_REUSE: "port_reuse", ENDED_CAPTURE_END: "capture_end"}
+END_REASONS = {
+    OPEN: "open",
+    ENDED_IDLE: "idle",
+    ENDED_PORT_REUSE: "port_reuse",
+    ENDED_CAPTURE_END: "capture_end",
+    ENDED_EVICTED: "evicted",
+}
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -279,10 +286,9 @@ def update(
             flow = flows[found]
             reverse = False
             if transport == 6:
-                if (flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK):
-                    reverse = True
-                elif (flags & TCP_SYN) == 0 and source_port < 1024 and destination_port >= 1024:
-                    reverse = True
+                synack = (flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
+                mid_stream_from_service = (flags & TCP_SYN) == 0 and source_port < 1024 and destination_port >= 1024
+                reverse = synack or mid_stream_from_service
             elif transport == 17 or transport == 132:
                 reverse = source_port < 1024 and destination_port >= 1024
             elif icmp:

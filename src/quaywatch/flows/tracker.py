@@ -32,8 +32,11 @@ class Timeouts:
 class FlowTracker:
     """Assigns packets to flows and yields flows once they end."""
 
-    def __init__(self, timeouts: Timeouts | None = None, initial_capacity: int = 1 << 14) -> None:
+    def __init__(
+        self, timeouts: Timeouts | None = None, initial_capacity: int = 1 << 14, max_open_flows: int = 1 << 19
+    ) -> None:
         self.timeouts = (timeouts or Timeouts()).as_array()
+        self.max_open_flows = max_open_flows
         self.flows = np.zeros(initial_capacity, table.FLOW_DTYPE)
         self.slots = np.full(initial_capacity * 2, -1, np.int64)
         self.count = 0
@@ -67,7 +70,14 @@ class FlowTracker:
     def ended(self) -> np.ndarray:
         """Flows that ended so far (split or idle), removed from the table."""
         table.mark_idle(self.flows, self.count, self.latest_timestamp, self.timeouts)
-        return self._take(self.flows[: self.count]["end_reason"] != table.OPEN)
+        live = self.flows[: self.count]
+        open_rows = np.flatnonzero(live["end_reason"] == table.OPEN)
+        if open_rows.shape[0] > self.max_open_flows:
+            # A scan or flood must not grow memory without bound: end the least recently active quarter.
+            excess = open_rows.shape[0] - (self.max_open_flows * 3) // 4
+            oldest = open_rows[np.argsort(live["last_timestamp"][open_rows], kind="stable")[:excess]]
+            live["end_reason"][oldest] = table.ENDED_EVICTED
+        return self._take(live["end_reason"] != table.OPEN)
 
     def finish(self) -> np.ndarray:
         """End every open flow at the end of the capture."""

@@ -102,6 +102,7 @@ class _HashingFile(io.RawIOBase):
     def __init__(self, raw: BinaryIO, digest: Any) -> None:
         self.raw = raw
         self.digest = digest
+        self.position = 0
 
     def readable(self) -> bool:
         return True
@@ -109,12 +110,14 @@ class _HashingFile(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
         self.digest.update(data)
+        self.position += len(data)
         return data
 
     def readinto(self, target: Any) -> int:
         count = self.raw.readinto(target)  # type: ignore[attr-defined]
         if count:
             self.digest.update(memoryview(target)[:count])
+            self.position += count
         return int(count or 0)
 
     def drain(self) -> None:
@@ -192,6 +195,12 @@ class CaptureReader:
         self.bytes_read = 0
         self.packets = 0
         self._digest = hashlib.sha256()
+        self._raw: _HashingFile | None = None
+
+    @property
+    def file_position(self) -> int:
+        """Bytes of the file as stored read so far (compressed bytes for gzip): drives progress bars."""
+        return self._raw.position if self._raw is not None else 0
 
     @property
     def sha256(self) -> str:
@@ -202,7 +211,7 @@ class CaptureReader:
 
     def batches(self) -> Iterator[RecordBatch]:
         """Yield batches until the end of the file or the first fault."""
-        raw = _HashingFile(self.path.open("rb"), self._digest)
+        raw = self._raw = _HashingFile(self.path.open("rb"), self._digest)
         self.compressed = raw.raw.peek(2)[:2] == GZIP_MAGIC  # type: ignore[attr-defined]
         stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if self.compressed else raw  # type: ignore[assignment]
         try:
@@ -220,9 +229,7 @@ class CaptureReader:
                 self.format = "pcapng"
                 yield from self._pcapng(stream, head)
             else:
-                raise CaptureFormatError(
-                    self.path, 0, f"not a pcap or pcapng capture (first bytes {head.hex()})"
-                )
+                raise CaptureFormatError(self.path, 0, f"not a pcap or pcapng capture (first bytes {head.hex()})")
         finally:
             raw.drain()
             stream.close()
@@ -255,9 +262,7 @@ class CaptureReader:
         _major, _minor, _zone, _sigfigs, snap_length, link_field = struct.unpack(order + "HHiIII", header[4:])
         link_type = link_field & 0x0FFFFFFF
         if link_type not in SUPPORTED_LINK_TYPES:
-            raise CaptureFormatError(
-                self.path, 20, f"unsupported link type {link_type} ({link_type_name(link_type)})"
-            )
+            raise CaptureFormatError(self.path, 20, f"unsupported link type {link_type} ({link_type_name(link_type)})")
         window = _Window(stream, self.buffer_bytes, b"", 24)
         window.slide(0)
         while True:
@@ -347,7 +352,8 @@ class CaptureReader:
                         if interface_count >= 256:
                             self._set_fault(base + position, "more than 256 interfaces in one section")
                             return
-                        link_type, unit, offset = value  # type: ignore[misc]
+                        assert isinstance(value, tuple)
+                        link_type, unit, offset = (int(v) for v in value)
                         if link_type not in SUPPORTED_LINK_TYPES:
                             self._set_fault(
                                 base + position,

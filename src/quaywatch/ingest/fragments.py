@@ -94,7 +94,11 @@ class FragmentReassembler:
             rebuilt = _rebuild(row, datagram)
             parsed = np.zeros(1, layers.PACKET_DTYPE)  # parse_packets expects zeroed rows
             layers.parse_packets(
-                rebuilt, np.zeros(1, np.int64), np.array([rebuilt.shape[0]], np.int32), np.array([101], np.int32), parsed
+                rebuilt,
+                np.zeros(1, np.int64),
+                np.array([rebuilt.shape[0]], np.int32),
+                np.array([101], np.int32),
+                parsed,
             )
             parsed["vlan_outer"] = row["vlan_outer"]
             parsed["vlan_inner"] = row["vlan_inner"]

@@ -69,8 +69,10 @@ def walk_pcap(
         fraction = _u32(buffer, position + 4, big_endian)
         captured = _u32(buffer, position + 8, big_endian)
         original = _u32(buffer, position + 12, big_endian)
-        if captured > limit or (nanoseconds and fraction >= 1_000_000_000) or (
-            not nanoseconds and fraction >= 1_000_000
+        if (
+            captured > limit
+            or (nanoseconds and fraction >= 1_000_000_000)
+            or (not nanoseconds and fraction >= 1_000_000)
         ):
             return CORRUPT_LENGTH, position, count
         if position + 16 + captured > end:
