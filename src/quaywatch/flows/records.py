@@ -108,33 +108,38 @@ FLAG_STRINGS = [flag_string(value) for value in range(256)]
 
 
 def connection_states(rows: np.ndarray) -> np.ndarray:
-    """Zeek's conn_state codes from the flags each side sent (Zeek base/protocols/conn/main.zeek)."""
+    """Zeek's conn_state codes from the flags each side sent (Zeek base/protocols/conn/main.zeek).
+
+    S0 attempt unanswered, S1 established, SF established and closed, REJ rejected, S2/S3 close
+    attempt by the client/server only, RSTO/RSTR reset by client/server, RSTOS0 client SYN then
+    RST, RSTRH/SHR server SYN-ACK then RST/FIN with no client SYN seen, SH client SYN then FIN,
+    OTH no SYN seen.
+    """
     tcp = rows["transport"] == 6
     client = rows["flags_to_server"].astype(np.int64)
     server = rows["flags_to_client"].astype(np.int64)
-    syn = rows["started_with_syn"] == 1
-    no_server = server == 0
-    server_synack = (server & 0x12) == 0x12
-    server_syn_or_ack = (server & 0x12) != 0
+    syn = (client & 0x02) != 0
+    server_syn = (server & 0x02) != 0
+    synack = (server & 0x12) == 0x12
+    established = syn & synack
     client_fin, server_fin = (client & 1) != 0, (server & 1) != 0
     client_rst, server_rst = (client & 4) != 0, (server & 4) != 0
-    conditions = [
-        ~tcp,
-        syn & no_server,
-        syn & server_rst & ~server_synack & ~server_syn_or_ack,
-        client_rst & syn & ~server_synack,
-        client_rst,
-        server_rst & syn & ~server_synack,
-        server_rst,
-        syn & server_synack & client_fin & server_fin,
-        syn & server_synack & client_fin,
-        syn & server_synack & server_fin,
-        syn & server_synack,
-        ~syn & client_fin & no_server,
-        ~syn & server_fin & ~client_fin,
+    rules = [
+        (~tcp, "OTH"),
+        (established & client_rst, "RSTO"),
+        (established & server_rst, "RSTR"),
+        (established & client_fin & server_fin, "SF"),
+        (established & client_fin, "S2"),
+        (established & server_fin, "S3"),
+        (established, "S1"),
+        (syn & server_rst & ~server_syn, "REJ"),
+        (syn & client_rst, "RSTOS0"),
+        (syn & client_fin, "SH"),
+        (syn & (server == 0), "S0"),
+        (~syn & synack & server_rst, "RSTRH"),
+        (~syn & synack & server_fin, "SHR"),
     ]
-    choices = ["OTH", "S0", "REJ", "RSTOS0", "RSTO", "RSTRH", "RSTR", "SF", "S2", "S3", "S1", "SH", "SHR"]
-    return np.select(conditions, choices, default="OTH")
+    return np.select([condition for condition, _ in rules], [code for _, code in rules], default="OTH")
 
 
 def flows_to_arrow(rows: np.ndarray, capture_id: str, decoder_names: list[str]) -> pa.Table:
