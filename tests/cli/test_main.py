@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from tests.factories import udp_frame, write_pcap
 
 from quaywatch.cli.main import EXIT_INPUT_PROBLEM, EXIT_OK, EXIT_STORE, main
 from quaywatch.cli.text import terminal_safe
+from tests.factories import udp_frame, write_pcap
 
 
 def small_capture(tmp_path: Path) -> Path:

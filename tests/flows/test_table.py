@@ -6,10 +6,10 @@ from pathlib import Path
 
 import dpkt
 import pytest
-from tests.factories import icmp_frame, tcp_frame, udp_frame, write_pcap
 
 from quaywatch.analysis import Analyzer
 from quaywatch.store.database import Store
+from tests.factories import icmp_frame, tcp_frame, udp_frame, write_pcap
 
 SYN, ACK, FIN, RST, PSH = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_FIN, dpkt.tcp.TH_RST, dpkt.tcp.TH_PUSH
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import duckdb
 import pyarrow.parquet as pq
 import pytest
-from tests.factories import udp_frame, write_pcap
 
 from quaywatch.analysis import Analyzer
 from quaywatch.store.database import Store
+from tests.factories import udp_frame, write_pcap
 
 RESEARCH = Path(__file__).resolve().parents[2].parent / "shared" / "research-data"
 MODBUS = RESEARCH / "icsnpp-modbus/testing/traces/modbus_example.pcap"

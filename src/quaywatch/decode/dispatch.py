@@ -25,7 +25,6 @@ from quaywatch.store.database import event_schema
 log = logging.getLogger(__name__)
 
 DIRECTION_NAMES = ("to_server", "to_client")
-MAX_PROBES = 2
 
 
 @dataclass(slots=True)
@@ -100,41 +99,54 @@ class Dispatcher:
         candidates = np.flatnonzero(has_payload)
         if candidates.shape[0] == 0:
             return
-        states = flows["decoder"][flow_index[candidates]]
-        candidates = candidates[states != table.DECODER_NONE]
         decoder_column = flows["decoder"]
-        for index in candidates.tolist():
-            row_index = int(flow_index[index])
-            state = int(decoder_column[row_index])
-            if state == table.DECODER_NONE:
-                continue
-            row = packets[index]
-            source = overrides.get(index, buffer)
-            start = int(row["payload_offset"])
-            payload = bytes(source[start : start + int(row["payload_captured"])])
-            side = Direction(int(direction[index]))
-            flow_row = flows[row_index]
-            uid = int(flow_row["uid"])
-            if state == table.DECODER_UNPROBED:
-                state = self._probe(flow_row, payload, side)
-                decoder_column[row_index] = state
-                if state < 0:
+        rows = flow_index[candidates]
+        states = decoder_column[rows]
+        # Probe only the first payload of each direction not yet offered (vectorised selection).
+        sides = direction[candidates].astype(np.int64)
+        waiting = (states == table.DECODER_UNPROBED) & (((flows["probes"][rows] >> sides) & 1) == 0)
+        claimed_from: dict[int, int] = {}
+        if waiting.any():
+            keys = rows[waiting] * 2 + sides[waiting]
+            _, first = np.unique(keys, return_index=True)
+            for index in np.sort(candidates[np.flatnonzero(waiting)[first]]).tolist():
+                row_index = int(flow_index[index])
+                if int(decoder_column[row_index]) != table.DECODER_UNPROBED:
                     continue
-            flow_session = self.sessions.get(uid)
+                state = self._probe(
+                    flows[row_index], self._payload(buffer, overrides, packets, index), Direction(int(direction[index]))
+                )
+                decoder_column[row_index] = state
+                if state >= 0:
+                    claimed_from[row_index] = index
+            states = decoder_column[rows]
+        deliver = candidates[states >= 0]
+        for index in deliver.tolist():
+            row_index = int(flow_index[index])
+            if index < claimed_from.get(row_index, -1):
+                continue  # payloads before the one that identified the protocol
+            flow_session = self.sessions.get(int(flows[row_index]["uid"]))
             if flow_session is None:
                 continue
+            payload = self._payload(buffer, overrides, packets, index)
+            side = Direction(int(direction[index]))
             timestamp = int(timestamps[index])
             packet_number = first_packet_number + index
             if flow_session.streams is not None:
-                stream = flow_session.streams[side]
-                sequence = int(row["sequence"])
-                pieces = stream.segment(sequence, payload)
+                pieces = flow_session.streams[side].segment(int(packets[index]["sequence"]), payload)
                 for piece in pieces:
                     self._deliver(flow_session, piece, side, timestamp, packet_number)
             else:
                 self._feed(flow_session, payload, side, timestamp, packet_number)
 
+    @staticmethod
+    def _payload(buffer: np.ndarray, overrides: dict[int, np.ndarray], packets: np.ndarray, index: int) -> bytes:
+        row = packets[index]
+        start = int(row["payload_offset"])
+        return bytes(overrides.get(index, buffer)[start : start + int(row["payload_captured"])])
+
     def _probe(self, flow_row: np.void, payload: bytes, side: Direction) -> int:
+        """Offer the first payload of each direction to the decoders; content decides."""
         transport = int(flow_row["transport"])
         server_port = int(flow_row["server_port"])
         if transport == 6:
@@ -143,7 +155,11 @@ class Dispatcher:
             pool = self.datagram_decoders
         else:
             return table.DECODER_NONE
-        # Decoders whose well-known port matches go first; content decides.
+        probed = int(flow_row["probes"])
+        side_bit = 1 << int(side)
+        if probed & side_bit:
+            return table.DECODER_UNPROBED  # this direction had its chance; wait for the other one
+        # Decoders whose well-known port matches go first.
         ordered = [i for i in pool if server_port in self.decoders[i].ports]
         ordered += [i for i in pool if i not in ordered]
         for index in ordered:
@@ -155,9 +171,9 @@ class Dispatcher:
             if matched:
                 self._start(index, flow_row)
                 return index
-        probes = int(flow_row["probes"]) + 1
-        flow_row["probes"] = probes
-        return table.DECODER_NONE if probes >= MAX_PROBES else table.DECODER_UNPROBED
+        probed |= side_bit
+        flow_row["probes"] = probed
+        return table.DECODER_NONE if probed == 3 else table.DECODER_UNPROBED
 
     def _start(self, index: int, flow_row: np.void) -> None:
         decoder = self.decoders[index]
