@@ -115,3 +115,23 @@ def test_decoder_exception_becomes_an_anomaly_and_analysis_continues(tmp_path: P
     rows = store.connection.execute("SELECT protocol, code, detail FROM anomaly").fetchall()
     assert rows == [("crashy", "decoder_exception", "ValueError: decoder bug")] * 3
     assert store.connection.execute("SELECT status FROM captures").fetchone() == ("complete",)
+
+
+def test_segment_cut_by_the_snap_length_becomes_a_gap_at_once(tmp_path: Path) -> None:
+    """tcpdump -s 60 keeps only the headers' worth of a segment; the decoder must resynchronise."""
+    import struct
+
+    first = segment(100, b"HELLO\n")
+    long = segment(106, b"this line is cut by the snap length\n")
+    after = segment(142, b"after\n")
+    records = b""
+    for number, (frame, keep) in enumerate([(first, len(first)), (long, 60), (after, len(after))]):
+        records += struct.pack("<IIII", 10 + number, 0, keep, len(frame)) + frame[:keep]
+    capture = tmp_path / "snap.pcap"
+    capture.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 60, 1) + records)
+    store = Store(tmp_path / "d.duckdb")
+    Analyzer(store, decoders=[LineDecoder()]).analyze(capture)
+    lines = [r[0] for r in store.connection.execute("SELECT line FROM lines ORDER BY packet_number").fetchall()]
+    assert lines == ["HELLO", "after"]
+    (detail,) = store.connection.execute("SELECT detail FROM anomaly WHERE code = 'stream_gap'").fetchone()
+    assert detail == "30 bytes missing from the TO_SERVER stream"

@@ -133,7 +133,12 @@ class Dispatcher:
             timestamp = int(timestamps[index])
             packet_number = first_packet_number + index
             if flow_session.streams is not None:
-                pieces = flow_session.streams[side].segment(int(packets[index]["sequence"]), payload)
+                stream = flow_session.streams[side]
+                sequence = int(packets[index]["sequence"])
+                pieces = stream.segment(sequence, payload)
+                cut = int(packets[index]["payload_length"]) - len(payload)
+                if cut > 0:  # the snap length cut this segment: the rest is a gap, now
+                    pieces += stream.missing(sequence + len(payload), cut)
                 for piece in pieces:
                     self._deliver(flow_session, piece, side, timestamp, packet_number)
             else:

@@ -81,6 +81,20 @@ class StreamReassembler:
             pieces += self._skip_to_earliest()
         return pieces
 
+    def missing(self, sequence_number: int, length: int) -> list[StreamPiece]:
+        """Bytes a segment carried but the capture's snap length cut off.
+
+        When they are next in the stream they become a gap at once, so the
+        decoder resynchronises instead of the stream waiting for data that
+        will never come.
+        """
+        sequence_number %= MODULO
+        if length <= 0 or self.next_sequence is None or sequence_number != self.next_sequence:
+            return []
+        self.next_sequence = (sequence_number + length) % MODULO
+        self.gap_bytes += length
+        return [StreamGap(length), *self._drain()]
+
     def finish(self) -> list[StreamPiece]:
         pieces: list[StreamPiece] = []
         while self.pending:
