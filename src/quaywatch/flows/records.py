@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from quaywatch.flows import table
-from quaywatch.flows.community_id import community_id
+from quaywatch.flows.community_id import community_ids
 
 MAPPED_PREFIX = 0x0000FFFF00000000
 
@@ -68,11 +68,16 @@ def address_array(high: np.ndarray, low: np.ndarray) -> pa.Array:
         unique, inverse = np.unique(low, return_inverse=True)
         text = [_address_text(0, lower) for lower in unique.tolist()]
     else:
-        pairs = np.empty(high.shape[0], [("high", np.uint64), ("low", np.uint64)])
-        pairs["high"], pairs["low"] = high, low
-        unique, inverse = np.unique(pairs, return_inverse=True)
-        text = [_address_text(upper, lower) for upper, lower in unique.tolist()]
-    return pa.array(text, pa.string()).take(pa.array(inverse.reshape(-1)))
+        order = np.lexsort((low, high))
+        sorted_high, sorted_low = high[order], low[order]
+        starts = np.ones(order.shape[0], bool)
+        starts[1:] = (sorted_high[1:] != sorted_high[:-1]) | (sorted_low[1:] != sorted_low[:-1])
+        inverse = np.empty(order.shape[0], np.int64)
+        inverse[order] = np.cumsum(starts) - 1
+        text = [_address_text(upper, lower) for upper, lower in zip(
+            sorted_high[starts].tolist(), sorted_low[starts].tolist(), strict=True
+        )]  # fmt: skip
+    return pa.array([text[i] for i in inverse.reshape(-1).tolist()], pa.string())
 
 
 def address_strings(high: np.ndarray, low: np.ndarray) -> list[str]:
@@ -93,7 +98,7 @@ def mac_array(values: np.ndarray) -> pa.Array:
         ":".join(f"{(v >> shift) & 0xFF:02x}" for shift in (40, 32, 24, 16, 8, 0)) if v else None
         for v in unique.tolist()
     ]
-    return pa.array(text, pa.string()).take(pa.array(inverse.reshape(-1)))
+    return pa.array([text[i] for i in inverse.reshape(-1).tolist()], pa.string())
 
 
 def mac_strings(values: np.ndarray) -> list[str | None]:
@@ -147,19 +152,10 @@ def flows_to_arrow(rows: np.ndarray, capture_id: str, decoder_names: list[str]) 
     count = rows.shape[0]
     clients = address_array(rows["client_high"], rows["client_low"])
     servers = address_array(rows["server_high"], rows["server_low"])
-    community: list[str | None] = [
-        community_id(transport, address_bytes(ch, cl), address_bytes(sh, sl), cp, sp)
-        for transport, ch, cl, sh, sl, cp, sp in zip(
-            rows["transport"].tolist(),
-            rows["client_high"].tolist(),
-            rows["client_low"].tolist(),
-            rows["server_high"].tolist(),
-            rows["server_low"].tolist(),
-            rows["client_port"].tolist(),
-            rows["server_port"].tolist(),
-            strict=True,
-        )
-    ]
+    community = community_ids(
+        rows["transport"], rows["client_high"], rows["client_low"], rows["server_high"], rows["server_low"],
+        rows["client_port"], rows["server_port"],
+    )  # fmt: skip
     first = rows["first_timestamp"]
     last = rows["last_timestamp"]
     vlan = rows["vlan_outer"]

@@ -99,8 +99,11 @@ class Store:
         if threads:
             self.connection.execute(f"SET threads = {int(threads)}")
         self.schemas: dict[str, pa.Schema] = {}
+        self.pending: dict[str, list[pa.Table]] = {}
+        self.pending_rows: dict[str, int] = {}
 
     def close(self) -> None:
+        self.flush()
         self.connection.close()
 
     # -- schema ---------------------------------------------------------------------
@@ -127,6 +130,7 @@ class Store:
 
     def capture_record(self, capture_id: str) -> tuple[str, str | None] | None:
         """Status and full sha256 of a capture already registered."""
+        self.flush()
         row = self.connection.execute(
             "SELECT status, sha256 FROM captures WHERE capture_id = ?", [capture_id]
         ).fetchone()
@@ -134,6 +138,7 @@ class Store:
 
     def begin_capture(self, capture_id: str, name: str, path: str, file_bytes: int, version: str) -> None:
         """Register a capture as running, removing rows of an earlier interrupted run."""
+        self.flush()
         self.remove_capture(capture_id)
         self.append(
             "captures",
@@ -152,6 +157,7 @@ class Store:
                 schema=CAPTURES_SCHEMA,
             ),
         )
+        self.flush()  # the running row must be on disk before any data row
 
     def remove_capture(self, capture_id: str) -> None:
         for table in self.tables():
@@ -162,6 +168,7 @@ class Store:
                 self.connection.execute(f'DELETE FROM "{table}" WHERE capture_id = ?', [capture_id])
 
     def finish_capture(self, capture_id: str, values: dict[str, object]) -> None:
+        self.flush()
         assignments = ", ".join(f'"{key}" = ?' for key in values)
         self.connection.execute(
             f"UPDATE captures SET {assignments} WHERE capture_id = ?", [*values.values(), capture_id]
@@ -169,16 +176,39 @@ class Store:
 
     # -- rows -----------------------------------------------------------------------
 
+    #: Rows gathered per table before one INSERT: each statement has a fixed cost.
+    FLUSH_ROWS = 200_000
+
     def append(self, name: str, rows: pa.Table) -> None:
+        """Queue rows for ``name``; they are written in large batches (see :meth:`flush`)."""
         if rows.num_rows == 0:
             return
-        batch = rows  # noqa: F841  (read by DuckDB's replacement scan)
-        self.connection.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM batch')
+        self.pending.setdefault(name, []).append(rows)
+        self.pending_rows[name] = self.pending_rows.get(name, 0) + rows.num_rows
+        if self.pending_rows[name] >= self.FLUSH_ROWS:
+            self._write(name)
+
+    def flush(self) -> None:
+        """Write every queued row."""
+        for name in list(self.pending):
+            self._write(name)
+
+    def _write(self, name: str) -> None:
+        tables = self.pending.pop(name, [])
+        self.pending_rows.pop(name, None)
+        if not tables:
+            return
+        batch = pa.concat_tables(tables, promote_options="permissive")  # noqa: F841  (DuckDB replacement scan)
+        try:
+            self.connection.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM batch')
+        except duckdb.Error as error:
+            raise StoreError(f"{self.path}: cannot write table {name}: {error}") from error
 
     # -- export ---------------------------------------------------------------------
 
     def export_parquet(self, directory: Path, tables: Iterable[str] | None = None) -> list[Path]:
         """Write each table to ``directory/<table>.parquet``."""
+        self.flush()
         directory.mkdir(parents=True, exist_ok=True)
         written = []
         for table in tables or self.tables():

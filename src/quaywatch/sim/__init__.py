@@ -1,0 +1,1 @@
+"""Simulation: synthetic container-terminal traffic."""
