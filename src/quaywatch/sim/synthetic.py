@@ -490,7 +490,7 @@ class Synthesiser:
             asker = self.terminal.hmis[index % len(self.terminal.hmis)]
             target = self.terminal.plcs[index % len(self.terminal.plcs)]
             at = START + index * 30.0 + 0.11
-            request = (
+            arp_request = (
                 b"\xff" * 6
                 + asker.mac
                 + b"\x08\x06"
