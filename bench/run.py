@@ -1,0 +1,256 @@
+"""``make bench``: quaywatch against its peers, on the same file, in the same run.
+
+Every tool is pinned to one core (``taskset -c 0``) and run several times; the
+best run counts, as is usual for throughput on a shared machine. Figures are
+printed and written to ``bench/data/results.json``.
+
+Sections are functions in :data:`SECTIONS`; later work adds its own (decode
+throughput, detection throughput, simulator speed) without touching the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "bench" / "data"
+PYTHON = sys.executable
+QUAYWATCH = str(Path(PYTHON).with_name("quaywatch"))
+REPEATS = 3
+TSHARK_PACKETS = 200_000  # tshark is slow: it reads a prefix of the same capture
+
+DPKT_LOOP = r"""
+import sys, dpkt, collections
+flows = collections.defaultdict(lambda: [0, 0])
+packets = 0
+with open(sys.argv[1], "rb") as handle:
+    for _ts, frame in dpkt.pcap.Reader(handle):
+        packets += 1
+        ethernet = dpkt.ethernet.Ethernet(frame)
+        ip = ethernet.data
+        if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
+            continue
+        transport = ip.data
+        ports = (transport.sport, transport.dport) if isinstance(transport, (dpkt.tcp.TCP, dpkt.udp.UDP)) else (0, 0)
+        key = (ip.src, ip.dst, ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt) + ports
+        entry = flows[key]
+        entry[0] += 1
+        entry[1] += len(frame)
+print(packets, len(flows))
+"""
+
+
+@dataclass
+class Measurement:
+    name: str
+    packets: int
+    seconds: float
+    peak_mib: float | None = None
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.packets / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class Context:
+    capture: Path
+    packets: int
+    console: Console
+    results: dict[str, object] = field(default_factory=dict)
+
+
+def pinned(command: list[str]) -> list[str]:
+    return (["taskset", "-c", "0"] if shutil.which("taskset") else []) + command
+
+
+def run_measured(command: list[str], stdout: int | None = subprocess.DEVNULL) -> tuple[float, float, bytes]:
+    """Wall seconds, peak resident MiB of the child, and its output."""
+    started = time.perf_counter()
+    process = subprocess.Popen(pinned(command), stdout=subprocess.PIPE if stdout is None else stdout)
+    output = process.stdout.read() if process.stdout else b""
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} exited with {os.waitstatus_to_exitcode(status)}")
+    return seconds, usage.ru_maxrss / 1024, output
+
+
+def best(
+    name: str, packets: int, command: list[str], prepare: Callable[[], None] | None = None, repeats: int = REPEATS
+) -> Measurement:
+    runs = []
+    for _ in range(repeats):
+        if prepare:
+            prepare()
+        seconds, peak, _ = run_measured(command)
+        runs.append((seconds, peak))
+    seconds = min(r[0] for r in runs)
+    return Measurement(name, packets, seconds, max(r[1] for r in runs))
+
+
+def make_capture(packets: int) -> Path:
+    DATA.mkdir(parents=True, exist_ok=True)
+    capture = DATA / f"terminal-{packets}.pcap"
+    if not capture.exists():
+        from quaywatch.sim.synthetic import write_capture
+
+        started = time.perf_counter()
+        truth = write_capture(capture, packets=packets, seed=7)
+        elapsed = time.perf_counter() - started
+        (DATA / f"terminal-{packets}.generation.json").write_text(
+            json.dumps({"seconds": elapsed, "packets_per_second": packets / elapsed, **truth}, indent=2)
+        )
+    return capture
+
+
+def prefix(capture: Path, packets: int) -> Path:
+    target = capture.with_name(capture.stem + f"-first-{packets}.pcap")
+    if not target.exists():
+        with capture.open("rb") as source, target.open("wb") as out:
+            out.write(source.read(24))
+            for _ in range(packets):
+                header = source.read(16)
+                if len(header) < 16:
+                    break
+                length = struct.unpack("<I", header[8:12])[0]
+                out.write(header + source.read(length))
+    return target
+
+
+# -- sections -------------------------------------------------------------------------
+
+
+def ingest(context: Context) -> list[Measurement]:
+    """Capture to flows in the store, against tshark, a dpkt loop and plain reads."""
+    capture, packets = context.capture, context.packets
+    database = Path(tempfile.mkdtemp()) / "bench.duckdb"
+
+    def fresh() -> None:
+        for path in (database, database.with_name(database.name + ".wal")):
+            path.unlink(missing_ok=True)
+
+    run_measured([QUAYWATCH, "analyze", str(capture), "--db", str(database), "--quiet", "--threads", "1"])  # warm caches
+    fresh()
+    quaywatch = best(
+        "quaywatch analyze (ingest + flows + store)", packets,
+        [QUAYWATCH, "analyze", str(capture), "--db", str(database), "--quiet", "--threads", "1"], fresh,
+    )  # fmt: skip
+    flows = subprocess.run(
+        [PYTHON, "-c", f"import duckdb; print(duckdb.connect('{database}').execute('SELECT count(*) FROM flows').fetchone()[0])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    quaywatch.note = f"{int(flows):,} flows stored"
+    # Interpreter, numba and DuckDB start-up is a fixed cost: measure it on a one-packet capture.
+    tiny = prefix(capture, 1)
+    startup = best(
+        "  of which start-up (1-packet capture)", 1,
+        [QUAYWATCH, "analyze", str(tiny), "--db", str(database), "--quiet", "--threads", "1"], fresh,
+    )  # fmt: skip
+    steady = Measurement(
+        "  quaywatch steady state (wall − start-up)", packets, max(quaywatch.seconds - startup.seconds, 1e-9)
+    )
+    measurements = [quaywatch, startup, steady]
+    if shutil.which("tshark"):
+        head = prefix(capture, TSHARK_PACKETS)
+        tshark = best(
+            "tshark -T fields (5-tuple)", TSHARK_PACKETS,
+            ["tshark", "-n", "-r", str(head), "-T", "fields", "-e", "ip.src", "-e", "ip.dst", "-e", "ipv6.src",
+             "-e", "ipv6.dst", "-e", "ip.proto", "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "udp.srcport",
+             "-e", "udp.dstport"],
+        )  # fmt: skip
+        tshark.note = f"first {TSHARK_PACKETS:,} packets of the same file"
+        measurements.append(tshark)
+    dpkt_loop = best("dpkt loop (5-tuple flow table)", packets, [PYTHON, "-c", DPKT_LOOP, str(capture)], repeats=1)
+    measurements.append(dpkt_loop)
+    plain = best(
+        "plain read (16 MiB chunks)", packets,
+        [PYTHON, "-c", "import sys\nf=open(sys.argv[1],'rb')\nwhile f.read(16<<20): pass", str(capture)],
+    )  # fmt: skip
+    measurements.append(plain)
+    record_loop = best(
+        "pure-Python pcap record loop", packets,
+        [PYTHON, "-c", (
+            "import sys,struct\nf=open(sys.argv[1],'rb');f.read(24);u=struct.Struct('<IIII').unpack\n"
+            "while (h:=f.read(16)):\n f.seek(u(h)[2],1)"
+        ), str(capture)],
+    )  # fmt: skip
+    measurements.append(record_loop)
+    rate = quaywatch.rate
+    context.results["ingest"] = {
+        "capture": str(capture),
+        "packets": packets,
+        "flows": int(flows),
+        "measurements": [m.__dict__ | {"packets_per_second": m.rate} for m in measurements],
+        "ratios": {
+            "quaywatch_over_tshark": rate / tshark.rate if shutil.which("tshark") else None,
+            "quaywatch_steady_state_over_tshark": steady.rate / tshark.rate if shutil.which("tshark") else None,
+            "quaywatch_over_dpkt": rate / dpkt_loop.rate,
+            "quaywatch_steady_state_over_dpkt": steady.rate / dpkt_loop.rate,
+            "plain_read_over_quaywatch": plain.rate / rate,
+            "plain_read_over_quaywatch_steady_state": plain.rate / steady.rate,
+            "record_loop_over_quaywatch": record_loop.rate / rate,
+        },
+        "quaywatch_peak_mib": quaywatch.peak_mib,
+        "quaywatch_startup_seconds": startup.seconds,
+    }
+    shutil.rmtree(database.parent, ignore_errors=True)
+    return measurements
+
+
+def generation(context: Context) -> list[Measurement]:
+    """The synthetic terminal generator that built the capture."""
+    info_path = DATA / f"terminal-{context.packets}.generation.json"
+    if not info_path.exists():
+        return []
+    info = json.loads(info_path.read_text())
+    context.results["generation"] = info
+    return [Measurement("synthetic terminal generator (write_capture)", context.packets, info["seconds"])]
+
+
+SECTIONS: list[Callable[[Context], list[Measurement]]] = [generation, ingest]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--packets", type=int, default=2_500_000)
+    arguments = parser.parse_args()
+    console = Console()
+    capture = make_capture(arguments.packets)
+    context = Context(capture, arguments.packets, console)
+    table = Table(title=f"quaywatch benchmarks on {capture.name} ({capture.stat().st_size / 2**20:.0f} MiB), one core")
+    for column in ("what", "packets", "seconds", "packets/s", "peak MiB", "note"):
+        table.add_column(column, justify="left" if column in ("what", "note") else "right")
+    for section in SECTIONS:
+        for measurement in section(context):
+            table.add_row(
+                measurement.name, f"{measurement.packets:,}", f"{measurement.seconds:.3f}", f"{measurement.rate:,.0f}",
+                f"{measurement.peak_mib:.0f}" if measurement.peak_mib else "", measurement.note,
+            )  # fmt: skip
+    console.print(table)
+    ratios = context.results.get("ingest", {}).get("ratios", {})  # type: ignore[union-attr]
+    for name, value in ratios.items():
+        if value is not None:
+            console.print(f"{name.replace('_', ' ')}: {value:.1f}×")
+    DATA.mkdir(parents=True, exist_ok=True)
+    (DATA / "results.json").write_text(json.dumps(context.results, indent=2, default=str))
+    console.print(f"figures written to {DATA / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()
