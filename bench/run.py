@@ -145,14 +145,17 @@ def ingest(context: Context) -> list[Measurement]:
         for path in (database, database.with_name(database.name + ".wal")):
             path.unlink(missing_ok=True)
 
-    run_measured([QUAYWATCH, "analyze", str(capture), "--db", str(database), "--quiet", "--threads", "1"])  # warm caches
+    run_measured(
+        [QUAYWATCH, "analyze", str(capture), "--db", str(database), "--quiet", "--threads", "1"]
+    )  # warm caches
     fresh()
     quaywatch = best(
         "quaywatch analyze (ingest + flows + store)", packets,
         [QUAYWATCH, "analyze", str(capture), "--db", str(database), "--quiet", "--threads", "1"], fresh,
     )  # fmt: skip
     flows = subprocess.run(
-        [PYTHON, "-c", f"import duckdb; print(duckdb.connect('{database}').execute('SELECT count(*) FROM flows').fetchone()[0])"],
+        [PYTHON, "-c", f"import duckdb; print(duckdb.connect('{database}').execute('SELECT count(*) FROM flows')"
+         ".fetchone()[0])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     quaywatch.note = f"{int(flows):,} flows stored"
@@ -230,7 +233,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--packets", type=int, default=2_500_000)
     arguments = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     capture = make_capture(arguments.packets)
     context = Context(capture, arguments.packets, console)
     table = Table(title=f"quaywatch benchmarks on {capture.name} ({capture.stat().st_size / 2**20:.0f} MiB), one core")

@@ -71,3 +71,28 @@ def write_pcap(path: Path, frames: Iterable[tuple[float, bytes]]) -> Path:
         for timestamp, frame in frames:
             writer.writepkt(frame, ts=timestamp)
     return path
+
+
+def pcapng_bytes(
+    frames: Iterable[tuple[float, bytes]], link_type: int = 1, big_endian: bool = False, extra_interfaces: int = 0
+) -> bytes:
+    """A pcapng section: SHB, IDB(s) with microsecond resolution, one EPB per frame, and a comment block."""
+    import struct
+
+    order = ">" if big_endian else "<"
+
+    def block(kind: int, body: bytes) -> bytes:
+        body += b"\x00" * ((4 - len(body) % 4) % 4)
+        length = 12 + len(body)
+        return struct.pack(order + "II", kind, length) + body + struct.pack(order + "I", length)
+
+    data = block(0x0A0D0D0A, struct.pack(order + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    for _ in range(1 + extra_interfaces):
+        data += block(1, struct.pack(order + "HHI", link_type, 0, 65535))
+    data += block(0x00000BAD, b"custom block that readers must skip")
+    for timestamp, frame in frames:
+        stamp = round(timestamp * 1_000_000)
+        data += block(
+            6, struct.pack(order + "IIIII", 0, stamp >> 32, stamp & 0xFFFFFFFF, len(frame), len(frame)) + frame
+        )
+    return data

@@ -103,3 +103,13 @@ def test_qinq_tags_and_ipv6_extension_headers() -> None:
     assert (row["network"], row["transport"], row["source_port"], row["destination_port"], row["payload_captured"]) == (
         6, 17, 5, 6, 3,
     )  # fmt: skip
+
+
+def test_pppoe_and_mpls_shims_reach_ip() -> None:
+    ethernet = udp_frame("10.0.0.1", "10.0.0.2", 514, 514, b"<13>crane 3 fault")
+    ip = ethernet[14:]
+    pppoe = ethernet[:12] + b"\x88\x64" + b"\x11\x00\x00\x01" + (len(ip) + 2).to_bytes(2, "big") + b"\x00\x21" + ip
+    mpls = ethernet[:12] + b"\x88\x47" + b"\x00\x01\x40\x40" + b"\x00\x02\x01\x40" + ip  # two labels, S on the last
+    for frame in (pppoe, mpls):
+        row = parse(frame, 1)
+        assert (row["status"], row["network"], row["source_port"], row["payload_captured"]) == (0, 4, 514, 17)

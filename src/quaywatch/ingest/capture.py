@@ -13,7 +13,6 @@ partial.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import struct
@@ -96,6 +95,53 @@ def detect_format(head: bytes) -> str | None:
     return None
 
 
+class _GzipStream(io.RawIOBase):
+    """Decompresses gzip members as bytes arrive.
+
+    Unlike :class:`gzip.GzipFile`, a stream cut short still yields every byte
+    decompressed before the cut, and the cut is reported afterwards, so a
+    damaged ``.pcap.gz`` keeps its valid packets.
+    """
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.inflater = zlib.decompressobj(wbits=47)
+        self.output = bytearray()
+        self.ended = False
+        self.member_complete = False
+        self.error: str | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while len(self.output) < len(target) and not self.ended:
+            chunk = self.raw.read(1 << 20)
+            if not chunk:
+                self.ended = True
+                if not self.member_complete:
+                    self.output += self.inflater.flush()
+                    self.error = "compressed stream ends before its end-of-stream marker"
+                break
+            data = chunk
+            while data:
+                self.output += self.inflater.decompress(data)
+                if self.inflater.eof:
+                    self.member_complete = True
+                    data = self.inflater.unused_data
+                    self.inflater = zlib.decompressobj(wbits=47)
+                    if data:
+                        self.member_complete = False
+                else:
+                    data = b""
+        count = min(len(target), len(self.output))
+        target[:count] = self.output[:count]
+        del self.output[:count]
+        if count == 0 and self.error:
+            raise EOFError(self.error)
+        return count
+
+
 class _HashingFile(io.RawIOBase):
     """Hashes the raw file bytes as they are read, so the sha256 costs no second pass."""
 
@@ -137,7 +183,7 @@ class _Window:
     batch is requested; consumers copy what they keep.
     """
 
-    def __init__(self, stream: BinaryIO, size: int, initial: bytes, start_offset: int) -> None:
+    def __init__(self, stream: io.RawIOBase, size: int, initial: bytes, start_offset: int) -> None:
         self.stream = stream
         self.storage = bytearray(size)
         self.view = memoryview(self.storage)
@@ -166,7 +212,7 @@ class _Window:
         self.filled = remaining
         while self.filled < len(self.storage) and not self.at_end:
             try:
-                count = self.stream.readinto(self.view[self.filled :])  # type: ignore[attr-defined]
+                count = self.stream.readinto(self.view[self.filled :])
             except (OSError, EOFError, zlib.error) as error:
                 self.error = f"compressed stream is damaged: {error}"
                 self.at_end = True
@@ -213,7 +259,7 @@ class CaptureReader:
         """Yield batches until the end of the file or the first fault."""
         raw = self._raw = _HashingFile(self.path.open("rb"), self._digest)
         self.compressed = raw.raw.peek(2)[:2] == GZIP_MAGIC  # type: ignore[attr-defined]
-        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if self.compressed else raw  # type: ignore[assignment]
+        stream: io.RawIOBase = _GzipStream(raw) if self.compressed else raw  # type: ignore[arg-type]
         try:
             try:
                 head = stream.read(4)
@@ -253,7 +299,7 @@ class CaptureReader:
 
     # -- pcap ---------------------------------------------------------------------
 
-    def _pcap(self, stream: BinaryIO, head: bytes) -> Iterator[RecordBatch]:
+    def _pcap(self, stream: io.RawIOBase, head: bytes) -> Iterator[RecordBatch]:
         big_endian, nanoseconds = PCAP_MAGICS[head[:4]]
         header = head + stream.read(20)
         if len(header) < 24:
@@ -289,7 +335,7 @@ class CaptureReader:
             self.bytes_read = base + position
             if window.at_end:
                 if window.error:
-                    self._set_fault(base + position, window.error)
+                    self._set_fault(base + position, f"{window.error} (offset in the decompressed data)")
                 elif position < end:
                     carry = bytes(buffer[position:end])
                     self._set_fault(base + position, self._truncation(carry, 16, 8, big_endian), True)
@@ -313,7 +359,7 @@ class CaptureReader:
 
     # -- pcapng -------------------------------------------------------------------
 
-    def _pcapng(self, stream: BinaryIO, head: bytes) -> Iterator[RecordBatch]:
+    def _pcapng(self, stream: io.RawIOBase, head: bytes) -> Iterator[RecordBatch]:
         link_types = np.zeros(256, np.int32)
         units = np.ones(256, np.int64)
         time_offsets = np.zeros(256, np.int64)
@@ -377,7 +423,7 @@ class CaptureReader:
             self.bytes_read = base + position
             if window.at_end:
                 if window.error:
-                    self._set_fault(base + position, window.error)
+                    self._set_fault(base + position, f"{window.error} (offset in the decompressed data)")
                 elif position < end:
                     self._set_fault(
                         base + position,

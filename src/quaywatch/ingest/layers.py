@@ -220,6 +220,32 @@ def _parse_one(buffer: np.ndarray, start: int, length: int, link_type: int, pack
         tags += 1
         ether_type = _u16(buffer, position + 2)
         position += 4
+    # PPPoE session (DSL and cellular routers) and MPLS label stacks carry IP after a shim.
+    if ether_type == 0x8864:
+        if position + 8 > end:
+            row.status = STATUS_SHORT_LINK
+            return
+        ppp_protocol = _u16(buffer, position + 6)
+        position += 8
+        if ppp_protocol == 0x0021:
+            ether_type = 0x0800
+        elif ppp_protocol == 0x0057:
+            ether_type = 0x86DD
+    elif ether_type == 0x8847 or ether_type == 0x8848:
+        for _ in range(16):
+            if position + 4 > end:
+                row.status = STATUS_SHORT_LINK
+                return
+            bottom = buffer[position + 2] & 1
+            position += 4
+            if bottom:
+                break
+        if position < end:
+            version = buffer[position] >> 4
+            if version == 4:
+                ether_type = 0x0800
+            elif version == 6:
+                ether_type = 0x86DD
     row.ether_type = np.uint16(ether_type)
     row.network_offset = position
 
