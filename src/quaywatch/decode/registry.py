@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from quaywatch.decode.base import Decoder
+from quaywatch.decode.modbus import ModbusDecoder
 
 
 def all_decoders() -> list[Decoder]:
     """Instances of every registered decoder, in probe order (most specific first)."""
-    decoders: list[Decoder] = []
-    return decoders
+    return [
+        ModbusDecoder(),
+    ]
