@@ -145,14 +145,11 @@ def ingest(context: Context) -> list[Measurement]:
         for path in (database, database.with_name(database.name + ".wal")):
             path.unlink(missing_ok=True)
 
-    run_measured(
-        [QUAYWATCH, "analyze", str(capture), "--db", str(database), "--quiet", "--threads", "1"]
-    )  # warm caches
+    analyze = [QUAYWATCH, "analyze", str(capture), "--db", str(database), "--quiet", "--threads", "1"]
+    run_measured([*analyze, "--decoders", "none"])  # warm the compiled-code cache
     fresh()
-    quaywatch = best(
-        "quaywatch analyze (ingest + flows + store)", packets,
-        [QUAYWATCH, "analyze", str(capture), "--db", str(database), "--quiet", "--threads", "1"], fresh,
-    )  # fmt: skip
+    quaywatch = best("quaywatch analyze (ingest + flows + store)", packets, [*analyze, "--decoders", "none"], fresh)
+    decoded = best("quaywatch analyze, all decoders on", packets, analyze, fresh)
     flows = subprocess.run(
         [PYTHON, "-c", f"import duckdb; print(duckdb.connect('{database}').execute('SELECT count(*) FROM flows')"
          ".fetchone()[0])"],
@@ -163,12 +160,13 @@ def ingest(context: Context) -> list[Measurement]:
     tiny = prefix(capture, 1)
     startup = best(
         "  of which start-up (1-packet capture)", 1,
-        [QUAYWATCH, "analyze", str(tiny), "--db", str(database), "--quiet", "--threads", "1"], fresh,
+        [QUAYWATCH, "analyze", str(tiny), "--db", str(database), "--quiet", "--threads", "1", "--decoders", "none"],
+        fresh,
     )  # fmt: skip
     steady = Measurement(
         "  quaywatch steady state (wall − start-up)", packets, max(quaywatch.seconds - startup.seconds, 1e-9)
     )
-    measurements = [quaywatch, startup, steady]
+    measurements = [quaywatch, startup, steady, decoded]
     if shutil.which("tshark"):
         head = prefix(capture, TSHARK_PACKETS)
         tshark = best(

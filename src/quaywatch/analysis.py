@@ -179,7 +179,7 @@ class Analyzer:
         return result
 
     def _read(self, reader: CaptureReader, result: CaptureResult, progress: Progress | None) -> None:
-        tracker = FlowTracker(self.timeouts)
+        tracker = FlowTracker(self.timeouts, server_ports={p for d in self.decoders for p in d.ports})
         dispatcher = Dispatcher(self.decoders, result.capture_id)
         fragments = FragmentReassembler()
         names = dispatcher.names

@@ -65,3 +65,12 @@ def test_terminal_safe_neutralises_escape_sequences_and_markup() -> None:
     shown = terminal_safe(hostile)
     assert "\x1b" not in shown and "\x07" not in shown and "\u202e" not in shown
     assert "\\x1b" in shown and "\\[red]" in shown
+
+
+def test_decoders_option(tmp_path: Path) -> None:
+    capture = small_capture(tmp_path)
+    database = str(tmp_path / "q.duckdb")
+    bad = CliRunner().invoke(main, ["analyze", str(capture), "--db", database, "--decoders", "modbus,nosuch"])
+    assert bad.exit_code == 2 and "unknown decoder(s) nosuch" in bad.output
+    none = CliRunner().invoke(main, ["analyze", str(capture), "--db", database, "--decoders", "none", "--json"])
+    assert none.exit_code == EXIT_OK and json.loads(none.stdout)["applications"] == {}

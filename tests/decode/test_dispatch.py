@@ -103,7 +103,8 @@ def test_gap_is_reported_and_decoding_resumes(tmp_path: Path) -> None:
 
 
 def test_flows_that_do_not_match_are_not_decoded(tmp_path: Path) -> None:
-    frames = [(1.0, segment(100, b"GET / HTTP/1.1\n", port=7777)), (1.1, segment(116, b"HELLO\n", port=7777))]
+    frames = [(1.0 + i, segment(100 + 15 * i, b"GET / HTTP/1.1\n", port=7777)) for i in range(3)]
+    frames.append((5.0, segment(145, b"HELLO\n", port=7777)))  # too late: three payloads already said no
     store = run(tmp_path, frames, [LineDecoder()])
     assert store.connection.execute("SELECT count(*) FROM lines").fetchone() == (0,)
     assert store.connection.execute("SELECT application FROM flows").fetchone() == (None,)
@@ -135,3 +136,18 @@ def test_segment_cut_by_the_snap_length_becomes_a_gap_at_once(tmp_path: Path) ->
     assert lines == ["HELLO", "after"]
     (detail,) = store.connection.execute("SELECT detail FROM anomaly WHERE code = 'stream_gap'").fetchone()
     assert detail == "30 bytes missing from the TO_SERVER stream"
+
+
+def test_an_acknowledgement_past_a_hole_declares_the_gap_at_once(tmp_path: Path) -> None:
+    """The server acknowledged bytes the capture missed: decoding resumes with that packet, not at flow end."""
+    frames = [
+        (1.0, segment(100, b"HELLO\n")),
+        (1.2, segment(111, b"after\n")),  # bytes 106..110 never captured
+        (1.3, tcp_frame("10.0.0.2", "10.0.0.1", 9000, 40000, PSH | ACK, b"ok\n", sequence=500, acknowledgement=117)),
+        (9.0, segment(117, b"later\n")),
+    ]
+    store = run(tmp_path, frames, [LineDecoder()])
+    rows = store.connection.execute("SELECT line, packet_number FROM lines ORDER BY packet_number, line").fetchall()
+    assert ("after", 3) in rows and ("later", 4) in rows
+    (gap_packet,) = store.connection.execute("SELECT packet_number FROM anomaly WHERE code = 'stream_gap'").fetchone()
+    assert gap_packet == 3

@@ -26,6 +26,7 @@ from rich.table import Table
 from quaywatch import __version__
 from quaywatch.analysis import Analyzer, CaptureResult, expand_inputs
 from quaywatch.cli.text import terminal_safe
+from quaywatch.decode.registry import all_decoders
 from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
 
 EXIT_OK = 0
@@ -56,10 +57,36 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary as one JSON object.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Threads DuckDB may use.")
 @click.option("--force", is_flag=True, help="Analyse again captures already in the database.")
+@click.option(
+    "--decoders",
+    default="all",
+    show_default=True,
+    help="Protocol decoders to run: 'all', 'none' (flows only), or a comma-separated list such as 'modbus'.",
+)
 def analyze(
-    inputs: tuple[Path, ...], database: Path, quiet: bool, as_json: bool, threads: int | None, force: bool
+    inputs: tuple[Path, ...],
+    database: Path,
+    quiet: bool,
+    as_json: bool,
+    threads: int | None,
+    force: bool,
+    decoders: str,
 ) -> None:
     """Analyse capture files (pcap, pcapng, gzip) or folders of them into the database."""
+    available = {decoder.name: decoder for decoder in all_decoders()}
+    if decoders == "all":
+        chosen = list(available.values())
+    elif decoders == "none":
+        chosen = []
+    else:
+        names = [name.strip() for name in decoders.split(",") if name.strip()]
+        unknown = [name for name in names if name not in available]
+        if unknown:
+            raise click.BadParameter(
+                f"unknown decoder(s) {', '.join(unknown)}; available: {', '.join(sorted(available))}",
+                param_hint="--decoders",
+            )
+        chosen = [available[name] for name in names]
     console = Console(stderr=True, quiet=quiet and not as_json)
     files, skipped = expand_inputs(inputs)
     try:
@@ -69,7 +96,7 @@ def analyze(
         sys.exit(EXIT_STORE)
     results: list[CaptureResult] = []
     try:
-        analyzer = Analyzer(store)
+        analyzer = Analyzer(store, decoders=chosen)
         for note in skipped:
             console.print(f"[yellow]skipped[/] {terminal_safe(note.fault or '')}")
         show_progress = not quiet and not as_json and sys.stderr.isatty()

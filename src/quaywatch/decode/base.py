@@ -117,9 +117,9 @@ class Decoder(ABC):
     def probe(self, payload: bytes, direction: Direction, server_port: int) -> bool:
         """Whether the first payload of a flow is this protocol.
 
-        Called once per flow with the first non-empty payload (and again with
-        the first payload of the other direction if the first probe was
-        inconclusive). Must be cheap and must not raise.
+        Called with the first few non-empty payloads of each direction of a
+        flow until one matches (see ``dispatch.PROBES_PER_DIRECTION``). Must
+        be cheap and must not raise.
         """
 
     @abstractmethod

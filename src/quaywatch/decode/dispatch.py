@@ -25,6 +25,9 @@ from quaywatch.store.database import event_schema
 log = logging.getLogger(__name__)
 
 DIRECTION_NAMES = ("to_server", "to_client")
+#: Payloads per direction offered to the probes before a flow is left undecoded. More than one,
+#: because a capture may start mid-message or a peer may send one malformed message first.
+PROBES_PER_DIRECTION = 3
 
 
 @dataclass(slots=True)
@@ -102,14 +105,19 @@ class Dispatcher:
         decoder_column = flows["decoder"]
         rows = flow_index[candidates]
         states = decoder_column[rows]
-        # Probe only the first payload of each direction not yet offered (vectorised selection).
+        # Offer each direction's first PROBES_PER_DIRECTION payloads to the probes (vectorised selection).
         sides = direction[candidates].astype(np.int64)
-        waiting = (states == table.DECODER_UNPROBED) & (((flows["probes"][rows] >> sides) & 1) == 0)
+        offered = (flows["probes"][rows].astype(np.int64) >> (4 * sides)) & 0xF
+        waiting = np.flatnonzero((states == table.DECODER_UNPROBED) & (offered < PROBES_PER_DIRECTION))
         claimed_from: dict[int, int] = {}
-        if waiting.any():
+        if waiting.shape[0]:
             keys = rows[waiting] * 2 + sides[waiting]
-            _, first = np.unique(keys, return_index=True)
-            for index in np.sort(candidates[np.flatnonzero(waiting)[first]]).tolist():
+            order = np.argsort(keys, kind="stable")
+            sorted_keys = keys[order]
+            group_start = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+            rank = np.arange(order.shape[0]) - np.repeat(group_start, np.diff(np.r_[group_start, order.shape[0]]))
+            chosen = waiting[order[rank < PROBES_PER_DIRECTION - offered[waiting][order]]]
+            for index in np.sort(candidates[chosen]).tolist():
                 row_index = int(flow_index[index])
                 if int(decoder_column[row_index]) != table.DECODER_UNPROBED:
                     continue
@@ -135,6 +143,10 @@ class Dispatcher:
             if flow_session.streams is not None:
                 stream = flow_session.streams[side]
                 sequence = int(packets[index]["sequence"])
+                if packets[index]["tcp_flags"] & 0x10:  # this side's ACK may reveal a hole in the other stream
+                    other = Direction(1 - side)
+                    for piece in flow_session.streams[other].acknowledged(int(packets[index]["acknowledgement"])):
+                        self._deliver(flow_session, piece, other, timestamp, packet_number)
                 pieces = stream.segment(sequence, payload)
                 cut = int(packets[index]["payload_length"]) - len(payload)
                 if cut > 0:  # the snap length cut this segment: the rest is a gap, now
@@ -161,9 +173,9 @@ class Dispatcher:
         else:
             return table.DECODER_NONE
         probed = int(flow_row["probes"])
-        side_bit = 1 << int(side)
-        if probed & side_bit:
-            return table.DECODER_UNPROBED  # this direction had its chance; wait for the other one
+        shift = 4 * int(side)
+        if (probed >> shift) & 0xF >= PROBES_PER_DIRECTION:
+            return table.DECODER_UNPROBED  # this direction had its chances; wait for the other one
         # Decoders whose well-known port matches go first.
         ordered = [i for i in pool if server_port in self.decoders[i].ports]
         ordered += [i for i in pool if i not in ordered]
@@ -176,9 +188,10 @@ class Dispatcher:
             if matched:
                 self._start(index, flow_row)
                 return index
-        probed |= side_bit
+        probed += 1 << shift
         flow_row["probes"] = probed
-        return table.DECODER_NONE if probed == 3 else table.DECODER_UNPROBED
+        exhausted = (probed & 0xF) >= PROBES_PER_DIRECTION and (probed >> 4) >= PROBES_PER_DIRECTION
+        return table.DECODER_NONE if exhausted else table.DECODER_UNPROBED
 
     def _start(self, index: int, flow_row: np.void) -> None:
         decoder = self.decoders[index]

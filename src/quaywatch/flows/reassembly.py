@@ -81,6 +81,19 @@ class StreamReassembler:
             pieces += self._skip_to_earliest()
         return pieces
 
+    def acknowledged(self, acknowledgement: int) -> list[StreamPiece]:
+        """The receiver acknowledged up to ``acknowledgement``.
+
+        If that lies beyond a hole while later data waits in the buffer, the
+        receiver got bytes the capture missed: declare the gap now, so decoding
+        resumes at once and events keep the time of the packets that carried them.
+        """
+        if not self.pending or self.next_sequence is None:
+            return []
+        if _distance(self.next_sequence, acknowledgement % MODULO) <= 0:
+            return []
+        return self._skip_to_earliest()
+
     def missing(self, sequence_number: int, length: int) -> list[StreamPiece]:
         """Bytes a segment carried but the capture's snap length cut off.
 

@@ -178,12 +178,15 @@ def update(
     slots: np.ndarray,
     next_uid: int,
     timeouts: np.ndarray,
+    likely_servers: np.ndarray,
     flow_index: np.ndarray,
     direction: np.ndarray,
 ) -> tuple[int, int, int, int]:
     """Assign packets ``start..`` to flows. Returns (status, next packet, flow count, next uid).
 
-    ``timeouts`` holds inactivity timeouts in nanoseconds: [tcp, udp, other].
+    ``timeouts`` holds inactivity timeouts in nanoseconds: [tcp, udp, other]. ``likely_servers``
+    (65536 booleans) marks service ports: when a flow does not start with a clean SYN, the side on
+    such a port is the server, as in Zeek's ``likely_server_ports``.
     ``flow_index`` gets -1 for packets outside any flow (ARP, malformed, fragments).
     """
     mask = np.uint64(slots.shape[0] - 1)
@@ -287,10 +290,11 @@ def update(
             reverse = False
             if transport == 6:
                 synack = (flags & (TCP_SYN | TCP_ACK)) == (TCP_SYN | TCP_ACK)
-                mid_stream_from_service = (flags & TCP_SYN) == 0 and source_port < 1024 and destination_port >= 1024
-                reverse = synack or mid_stream_from_service
+                proper_syn = (flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST)) == TCP_SYN
+                from_service = likely_servers[source_port] and not likely_servers[destination_port]
+                reverse = synack or (not proper_syn and from_service)
             elif transport == 17 or transport == 132:
-                reverse = source_port < 1024 and destination_port >= 1024
+                reverse = likely_servers[source_port] and not likely_servers[destination_port]
             elif icmp:
                 reverse = _is_icmp_reply(transport, source_port)
             flow.uid = next_uid
@@ -301,7 +305,9 @@ def update(
             flow.transport = transport
             flow.ip_version = 4 if packet.network == L3_IPV4 else 6
             flow.end_reason = OPEN
-            flow.started_with_syn = 1 if (transport == 6 and (flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) else 0
+            flow.started_with_syn = (
+                1 if (transport == 6 and (flags & (TCP_SYN | TCP_ACK | TCP_FIN | TCP_RST)) == TCP_SYN) else 0
+            )
             flow.flags_to_server = 0
             flow.flags_to_client = 0
             flow.client_ttl = 0

@@ -6,6 +6,7 @@ caller after every batch and dropped from the table.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,9 +34,17 @@ class FlowTracker:
     """Assigns packets to flows and yields flows once they end."""
 
     def __init__(
-        self, timeouts: Timeouts | None = None, initial_capacity: int = 1 << 14, max_open_flows: int = 1 << 19
+        self,
+        timeouts: Timeouts | None = None,
+        initial_capacity: int = 1 << 14,
+        max_open_flows: int = 1 << 19,
+        server_ports: Iterable[int] = (),
     ) -> None:
         self.timeouts = (timeouts or Timeouts()).as_array()
+        # Ports below 1024 and the ports of registered decoders identify servers (see table.update).
+        self.likely_servers = np.zeros(65536, np.bool_)
+        self.likely_servers[:1024] = True
+        self.likely_servers[[port for port in server_ports if 0 <= port < 65536]] = True
         self.max_open_flows = max_open_flows
         self.flows = np.zeros(initial_capacity, table.FLOW_DTYPE)
         self.slots = np.full(initial_capacity * 2, -1, np.int64)
@@ -58,7 +67,8 @@ class FlowTracker:
         while True:
             status, start, self.count, self.next_uid = table.update(
                 packets, original_lengths, timestamps, first_packet_number, start,
-                self.flows, self.count, self.slots, self.next_uid, self.timeouts, flow_index, direction,
+                self.flows, self.count, self.slots, self.next_uid, self.timeouts, self.likely_servers, flow_index,
+                direction,
             )  # fmt: skip
             if status == table.DONE:
                 break

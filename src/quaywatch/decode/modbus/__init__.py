@@ -61,6 +61,7 @@ SCHEMA = pa.schema(
             "function 43/14: every object returned, standard or vendor-specific",
         ),
         _field("data", pa.binary(), "raw data of functions decoded no further (file records, diagnostics)"),
+        _field("malformed", pa.string(), "why the PDU contradicts the specification (also an anomaly row)"),
         _field("matched", pa.bool_(), "responses: the request was seen"),
         _field("latency", pa.float64(), "responses: seconds since the request"),
     ]
@@ -72,6 +73,7 @@ class ModbusSession(Session):
 
     def __init__(self) -> None:
         self.buffers = {Direction.TO_SERVER: bytearray(), Direction.TO_CLIENT: bytearray()}
+        self.skipped = {Direction.TO_SERVER: 0, Direction.TO_CLIENT: 0}
         self.pending: dict[tuple[int, int], tuple[float, dict[str, object]]] = {}
 
     def feed(self, data: bytes, direction: Direction, timestamp: float) -> list[Event]:
@@ -79,29 +81,33 @@ class ModbusSession(Session):
         buffer += data
         events: list[Event] = []
         while len(buffer) >= 7:
-            transaction, protocol, length, unit = (
-                (buffer[0] << 8) | buffer[1], (buffer[2] << 8) | buffer[3], (buffer[4] << 8) | buffer[5], buffer[6],
-            )  # fmt: skip
+            protocol, length = (buffer[2] << 8) | buffer[3], (buffer[4] << 8) | buffer[5]
             if protocol != 0 or not 2 <= length <= MAXIMUM_LENGTH:
-                events.append(
-                    anomaly(
-                        PROTOCOL,
-                        "invalid_mbap_header",
-                        f"{direction.name}: protocol id {protocol}, length {length}; {len(buffer)} buffered bytes dropped",
-                    )
-                )
-                buffer.clear()
-                break
+                # Resynchronise byte by byte: the decision depends only on the stream, not on chunking.
+                del buffer[0]
+                self.skipped[direction] += 1
+                continue
             if len(buffer) < 6 + length:
                 break
+            events += self._skipped(direction)
+            transaction, unit = (buffer[0] << 8) | buffer[1], buffer[6]
             pdu = bytes(buffer[7 : 6 + length])
             del buffer[: 6 + length]
             events += self._message(transaction, unit, pdu, direction, timestamp)
         return events
 
+    def _skipped(self, direction: Direction) -> list[Event]:
+        count = self.skipped[direction]
+        if not count:
+            return []
+        self.skipped[direction] = 0
+        return [
+            anomaly(PROTOCOL, "invalid_mbap_header", f"{direction.name}: {count} bytes skipped to a valid MBAP header")
+        ]
+
     def gap(self, direction: Direction, length: int) -> list[Event]:
         self.buffers[direction].clear()
-        return []
+        return self._skipped(direction)
 
     def close(self) -> list[Event]:
         events = []
@@ -110,6 +116,7 @@ class ModbusSession(Session):
             events.append(Event(PROTOCOL, "unanswered_request", row))
         self.pending.clear()
         for direction, buffer in self.buffers.items():
+            events += self._skipped(direction)
             if buffer:
                 events.append(anomaly(PROTOCOL, "truncated_message", f"{direction.name}: {len(buffer)} bytes left"))
                 buffer.clear()
@@ -128,14 +135,18 @@ class ModbusSession(Session):
         }
         key = (transaction, unit)
         if direction == Direction.TO_SERVER:
+            events: list[Event] = []
             try:
                 row.update(parser.request(function, pdu))
             except parser.Malformed as error:
-                return [anomaly(PROTOCOL, "malformed_request", f"{row['function']} transaction {transaction}: {error}")]
+                row["malformed"] = str(error)
+                events.append(
+                    anomaly(PROTOCOL, "malformed_request", f"{row['function']} transaction {transaction}: {error}")
+                )
             if len(self.pending) >= MAX_PENDING:
                 self.pending.pop(next(iter(self.pending)))
             self.pending[key] = (timestamp, {k: v for k, v in row.items() if k not in ("transaction_id", "unit_id")})
-            return [Event(PROTOCOL, "request", row)]
+            return [Event(PROTOCOL, "request", row), *events]
         request = self.pending.pop(key, None)
         if request is not None:
             requested_at, request_fields = request
@@ -148,13 +159,18 @@ class ModbusSession(Session):
             row["matched"] = False
         if code & 0x80:
             exception = pdu[1] if len(pdu) > 1 else None
+            row["function_code"] = function
             row["exception_code"] = exception
             row["exception"] = EXCEPTIONS.get(exception, f"EXCEPTION_{exception}") if exception is not None else None
             return [Event(PROTOCOL, "exception", row)]
         try:
             row.update(parser.response(function, pdu, request[1] if request else None))
         except parser.Malformed as error:
-            return [anomaly(PROTOCOL, "malformed_response", f"{row['function']} transaction {transaction}: {error}")]
+            row["malformed"] = str(error)
+            return [
+                Event(PROTOCOL, "response", row),
+                anomaly(PROTOCOL, "malformed_response", f"{row['function']} transaction {transaction}: {error}"),
+            ]
         return [Event(PROTOCOL, "response", row)]
 
 
@@ -167,16 +183,14 @@ class ModbusDecoder(Decoder):
     tables: ClassVar[dict[str, pa.Schema]] = {PROTOCOL: SCHEMA}
 
     def probe(self, payload: bytes, direction: Direction, server_port: int) -> bool:
-        """An MBAP header (protocol id 0, sane length) whose PDU starts with a plausible function code."""
-        if len(payload) < 8 or payload[2:4] != b"\x00\x00":
+        """MBAP framing (protocol id 0, sane lengths) for every message in the payload.
+
+        Off port 502 the first PDU must also start with a public or user-defined function
+        code; on port 502 framing alone suffices, so odd or fuzzed function codes sent to a
+        PLC are still decoded (and flagged) rather than ignored.
+        """
+        if len(payload) < 8:
             return False
-        length = (payload[4] << 8) | payload[5]
-        if not 2 <= length <= MAXIMUM_LENGTH or len(payload) < 6 + length and server_port != 502:
-            return False
-        function = payload[7] & 0x7F
-        if function not in FUNCTIONS and function not in USER_DEFINED:
-            return False
-        # Several messages in one segment must all frame correctly.
         position = 0
         while position + 6 <= len(payload):
             if payload[position + 2 : position + 4] != b"\x00\x00":
@@ -185,7 +199,12 @@ class ModbusDecoder(Decoder):
             if not 2 <= size <= MAXIMUM_LENGTH:
                 return False
             position += 6 + size
-        return True
+        if server_port == 502:
+            return True
+        if position > len(payload):
+            return False  # off the Modbus port a first segment must hold whole messages
+        function = payload[7] & 0x7F
+        return function in FUNCTIONS or function in USER_DEFINED
 
     def session(self) -> Session:
         return ModbusSession()

@@ -1,0 +1,82 @@
+"""Read Zeek/ICSNPP TSV logs and score field agreement, for the decoders' differential tests."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RESEARCH = Path(__file__).resolve().parents[2].parent / "shared" / "research-data"
+
+Row = dict[str, str | None]
+
+
+def read_log(path: Path) -> list[Row]:
+    """Rows of a Zeek TSV log; '-' (unset) becomes None, '(empty)' an empty string."""
+    names: list[str] = []
+    rows: list[Row] = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("#fields"):
+            names = line.split("\t")[1:]
+            continue
+        if not line or line.startswith("#"):
+            continue
+        values = line.split("\t")
+        rows.append(
+            {n: (None if v == "-" else "" if v == "(empty)" else v) for n, v in zip(names, values, strict=False)}
+        )
+    return rows
+
+
+@dataclass
+class Agreement:
+    """Per-field agreement between our rows and an oracle's, after alignment."""
+
+    fields: Sequence[str]
+    compared: dict[str, int] = field(default_factory=dict)
+    agreed: dict[str, int] = field(default_factory=dict)
+    differences: list[str] = field(default_factory=list)
+    unmatched_ours: int = 0
+    unmatched_theirs: int = 0
+
+    def score(self, ours: list[Row], theirs: list[Row], key: Callable[[Row], object]) -> None:
+        """Align both row lists on ``key`` (order-preserving) and compare every field both define."""
+        matcher = difflib.SequenceMatcher(a=[key(r) for r in ours], b=[key(r) for r in theirs], autojunk=False)
+        matched_ours: set[int] = set()
+        matched_theirs: set[int] = set()
+        for block in matcher.get_matching_blocks():
+            for offset in range(block.size):
+                mine, other = ours[block.a + offset], theirs[block.b + offset]
+                matched_ours.add(block.a + offset)
+                matched_theirs.add(block.b + offset)
+                self._compare(mine, other)
+        # Rows the alignment left over are compared pairwise in order, so every field difference counts.
+        rest_ours = [r for i, r in enumerate(ours) if i not in matched_ours]
+        rest_theirs = [r for i, r in enumerate(theirs) if i not in matched_theirs]
+        for mine, other in zip(rest_ours, rest_theirs, strict=False):
+            self._compare(mine, other)
+        self.unmatched_ours += max(0, len(rest_ours) - len(rest_theirs))
+        self.unmatched_theirs += max(0, len(rest_theirs) - len(rest_ours))
+
+    def _compare(self, mine: Row, other: Row) -> None:
+        for name in self.fields:
+            a, b = mine.get(name), other.get(name)
+            if a is None or b is None:
+                continue
+            self.compared[name] = self.compared.get(name, 0) + 1
+            if a == b:
+                self.agreed[name] = self.agreed.get(name, 0) + 1
+            elif len(self.differences) < 30:
+                self.differences.append(f"{name}: ours {a!r}, oracle {b!r}")
+
+    def ratio(self, name: str) -> float:
+        return self.agreed.get(name, 0) / self.compared[name] if self.compared.get(name) else 1.0
+
+    def report(self, title: str) -> str:
+        lines = [f"{title}: unmatched ours {self.unmatched_ours}, unmatched oracle {self.unmatched_theirs}"]
+        for name in self.fields:
+            compared = self.compared.get(name, 0)
+            lines.append(f"  {name:24s} {self.agreed.get(name, 0):6d}/{compared:<6d} {100 * self.ratio(name):7.2f}%")
+        lines += [f"  differs: {d}" for d in self.differences[:10]]
+        return "\n".join(lines)
