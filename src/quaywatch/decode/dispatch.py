@@ -25,6 +25,7 @@ from quaywatch.store.database import event_schema
 log = logging.getLogger(__name__)
 
 DIRECTION_NAMES = ("to_server", "to_client")
+SIDES = (Direction.TO_SERVER, Direction.TO_CLIENT)
 #: Payloads per direction offered to the probes before a flow is left undecoded. More than one,
 #: because a capture may start mid-message or a peer may send one malformed message first.
 PROBES_PER_DIRECTION = 3
@@ -36,6 +37,10 @@ class _FlowSession:
     session: Session
     envelope: dict[str, object]
     streams: tuple[StreamReassembler, StreamReassembler] | None
+    envelopes: tuple[dict[str, object], dict[str, object]] = ({}, {})  # with the direction filled in
+
+    def __post_init__(self) -> None:
+        self.envelopes = tuple({**self.envelope, "direction": name} for name in DIRECTION_NAMES)  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -129,28 +134,45 @@ class Dispatcher:
                     claimed_from[row_index] = index
             states = decoder_column[rows]
         deliver = candidates[states >= 0]
-        for index in deliver.tolist():
-            row_index = int(flow_index[index])
-            if index < claimed_from.get(row_index, -1):
+        if deliver.shape[0] == 0:
+            return
+        # Pull every column the loop needs into Python lists at once: numpy scalar access per packet is slow.
+        chosen = packets[deliver]
+        memory = memoryview(buffer)  # type: ignore[arg-type]
+        columns = zip(
+            deliver.tolist(),
+            flow_index[deliver].tolist(),
+            flows["uid"][flow_index[deliver]].tolist(),
+            direction[deliver].tolist(),
+            timestamps[deliver].tolist(),
+            chosen["payload_offset"].tolist(),
+            chosen["payload_captured"].tolist(),
+            chosen["payload_length"].tolist(),
+            chosen["sequence"].tolist(),
+            chosen["acknowledgement"].tolist(),
+            chosen["tcp_flags"].tolist(),
+            strict=True,
+        )
+        sessions = self.sessions
+        for index, row_index, uid, side_number, timestamp, start, captured, declared, sequence, ack, flags in columns:
+            if claimed_from and index < claimed_from.get(row_index, -1):
                 continue  # payloads before the one that identified the protocol
-            flow_session = self.sessions.get(int(flows[row_index]["uid"]))
+            flow_session = sessions.get(uid)
             if flow_session is None:
                 continue
-            payload = self._payload(buffer, overrides, packets, index)
-            side = Direction(int(direction[index]))
-            timestamp = int(timestamps[index])
+            source = memory if index not in overrides else memoryview(overrides[index])  # type: ignore[arg-type]
+            payload = bytes(source[start : start + captured])
+            side = SIDES[side_number]
             packet_number = first_packet_number + index
             if flow_session.streams is not None:
                 stream = flow_session.streams[side]
-                sequence = int(packets[index]["sequence"])
-                if packets[index]["tcp_flags"] & 0x10:  # this side's ACK may reveal a hole in the other stream
-                    other = Direction(1 - side)
-                    for piece in flow_session.streams[other].acknowledged(int(packets[index]["acknowledgement"])):
+                if flags & 0x10:  # this side's ACK may reveal a hole in the other stream
+                    other = SIDES[1 - side_number]
+                    for piece in flow_session.streams[other].acknowledged(ack):
                         self._deliver(flow_session, piece, other, timestamp, packet_number)
                 pieces = stream.segment(sequence, payload)
-                cut = int(packets[index]["payload_length"]) - len(payload)
-                if cut > 0:  # the snap length cut this segment: the rest is a gap, now
-                    pieces += stream.missing(sequence + len(payload), cut)
+                if declared > captured:  # the snap length cut this segment: the rest is a gap, now
+                    pieces += stream.missing(sequence + captured, declared - captured)
                 for piece in pieces:
                     self._deliver(flow_session, piece, side, timestamp, packet_number)
             else:
@@ -231,10 +253,16 @@ class Dispatcher:
         self._emit(flow_session.envelope, events, side, timestamp, number)
 
     def _feed(self, flow_session: _FlowSession, data: bytes, side: Direction, timestamp: int, number: int) -> None:
-        name = self.decoders[flow_session.decoder].name
-        events = self._guard(name, lambda: flow_session.session.feed(data, side, timestamp / 1e9))
+        try:
+            events = flow_session.session.feed(data, side, timestamp / 1e9)
+        except Exception as error:  # the contract says decoders never raise; record it if one does
+            name = self.decoders[flow_session.decoder].name
+            events = [anomaly(name, "decoder_exception", f"{type(error).__name__}: {error}")]
         if events:
-            self._emit(flow_session.envelope, events, side, timestamp, number)
+            add = self.buffer.add
+            envelope = flow_session.envelopes[side]
+            for event in events:
+                add(envelope, event, timestamp, number)
 
     def _guard(self, name: str, call: object) -> list[Event]:
         try:

@@ -584,7 +584,7 @@ def write_capture(path: Path, packets: int, seed: int = 7, cranes: int = 6) -> d
             window += 1
     truth: dict[str, object] = {
         "packets": written,
-        "seconds": window * WINDOW_SECONDS,
+        "simulated_seconds": window * WINDOW_SECONDS,
         "packets_by_kind_before_trim": dict(synthesiser.counts),
         "flows_at_least": synthesiser.flows,
         "seed": seed,
