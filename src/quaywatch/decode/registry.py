@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from quaywatch.decode.base import Decoder
 from quaywatch.decode.modbus import ModbusDecoder
+from quaywatch.decode.s7comm import S7Decoder
 
 
 def all_decoders() -> list[Decoder]:
     """Instances of every registered decoder, in probe order (most specific first)."""
     return [
         ModbusDecoder(),
+        S7Decoder(),
     ]
