@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quaywatch.decode.base import Decoder
+from quaywatch.decode.enip import EnipTcpDecoder, EnipUdpDecoder
 from quaywatch.decode.modbus import ModbusDecoder
 from quaywatch.decode.s7comm import S7Decoder
 
@@ -12,4 +13,6 @@ def all_decoders() -> list[Decoder]:
     return [
         ModbusDecoder(),
         S7Decoder(),
+        EnipTcpDecoder(),
+        EnipUdpDecoder(),
     ]
