@@ -5,6 +5,7 @@ from __future__ import annotations
 from quaywatch.decode.base import Decoder
 from quaywatch.decode.enip import EnipTcpDecoder, EnipUdpDecoder
 from quaywatch.decode.modbus import ModbusDecoder
+from quaywatch.decode.mqtt import MqttDecoder
 from quaywatch.decode.s7comm import S7Decoder
 
 
@@ -15,4 +16,5 @@ def all_decoders() -> list[Decoder]:
         S7Decoder(),
         EnipTcpDecoder(),
         EnipUdpDecoder(),
+        MqttDecoder(),
     ]
