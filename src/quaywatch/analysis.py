@@ -181,6 +181,7 @@ class Analyzer:
     def _read(self, reader: CaptureReader, result: CaptureResult, progress: Progress | None) -> None:
         tracker = FlowTracker(self.timeouts, server_ports={p for d in self.decoders for p in d.ports})
         dispatcher = Dispatcher(self.decoders, result.capture_id)
+        dispatcher.on_full = lambda: self._write_events(dispatcher)
         fragments = FragmentReassembler()
         names = dispatcher.names
         try:

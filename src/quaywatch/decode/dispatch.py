@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -63,7 +64,11 @@ class EventBuffer:
 class Dispatcher:
     """Decoder sessions for the flows of one capture."""
 
-    def __init__(self, decoders: list[Decoder], capture_id: str) -> None:
+    #: Events held as Python rows before they are handed on as Arrow tables: bounds memory.
+    EVENT_FLUSH = 20_000
+
+    def __init__(self, decoders: list[Decoder], capture_id: str, on_full: Callable[[], None] | None = None) -> None:
+        self.on_full = on_full
         self.decoders = decoders
         self.capture_id = capture_id
         self.schemas: dict[str, pa.Schema] = {ANOMALY_TABLE: event_schema(ANOMALY_SCHEMA)}
@@ -177,6 +182,8 @@ class Dispatcher:
                     self._deliver(flow_session, piece, side, timestamp, packet_number)
             else:
                 self._feed(flow_session, payload, side, timestamp, packet_number)
+            if self.buffer.count >= self.EVENT_FLUSH and self.on_full is not None:
+                self.on_full()
 
     @staticmethod
     def _payload(buffer: np.ndarray, overrides: dict[int, np.ndarray], packets: np.ndarray, index: int) -> bytes:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MODULO = 1 << 32
+RECENT_BYTES = 65536  # delivered bytes kept to tell a retransmission from a conflicting overlap
 HALF = 1 << 31
 
 
@@ -51,7 +52,7 @@ class StreamReassembler:
         self.inconsistent_overlap_bytes = 0
         self.gap_bytes = 0
         self.out_of_order_segments = 0
-        self._recent = b""  # tail of delivered data, to compare retransmissions
+        self._recent = bytearray()  # tail of delivered data, to compare retransmissions
 
     def syn(self, sequence_number: int) -> None:
         if self.next_sequence is None:
@@ -120,7 +121,10 @@ class StreamReassembler:
         assert self.next_sequence is not None
         self.next_sequence = (self.next_sequence + len(data)) % MODULO
         self.delivered_bytes += len(data)
-        self._recent = (self._recent + data)[-65536:] if len(data) < 65536 else data[-65536:]
+        recent = self._recent
+        recent += data
+        if len(recent) > 2 * RECENT_BYTES:
+            del recent[: len(recent) - RECENT_BYTES]
         return StreamData(data)
 
     def _compare_recent(self, offset: int, data: bytes) -> None:

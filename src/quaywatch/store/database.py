@@ -177,7 +177,7 @@ class Store:
     # -- rows -----------------------------------------------------------------------
 
     #: Rows gathered per table before one INSERT: each statement has a fixed cost.
-    FLUSH_ROWS = 200_000
+    FLUSH_ROWS = 50_000
 
     def append(self, name: str, rows: pa.Table) -> None:
         """Queue rows for ``name``; they are written in large batches (see :meth:`flush`)."""
