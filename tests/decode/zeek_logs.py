@@ -14,6 +14,10 @@ Row = dict[str, str | None]
 
 def read_log(path: Path) -> list[Row]:
     """Rows of a Zeek TSV log; '-' (unset) becomes None, '(empty)' an empty string."""
+    if not path.exists():
+        import pytest
+
+        pytest.skip(f"research data missing: {path}")
     names: list[str] = []
     rows: list[Row] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():

@@ -167,7 +167,7 @@ def test_upload_download_agrees_with_icsnpp(tmp_path: Path) -> None:
 
 @pytest.mark.oracle
 def test_module_identity_equals_icsnpp_known_devices(tmp_path: Path) -> None:
-    (known,) = read_log(ICSNPP / "baseline/analyzer.s7ident/s7comm_known_devices.log")
+    (known,) = read_log(require(ICSNPP / "baseline/analyzer.s7ident/s7comm_known_devices.log"))
     identity: dict[str, object] = {}
     for row in rows(tmp_path, "s7ident", "s7comm"):
         for name in ("automation_system_name", "module_name", "plant_id", "module_serial", "order_number"):
