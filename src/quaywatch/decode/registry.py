@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quaywatch.decode.base import Decoder
 from quaywatch.decode.enip import EnipTcpDecoder, EnipUdpDecoder
+from quaywatch.decode.iec104 import Iec104Decoder
 from quaywatch.decode.modbus import ModbusDecoder
 from quaywatch.decode.mqtt import MqttDecoder
 from quaywatch.decode.s7comm import S7Decoder
@@ -17,4 +18,5 @@ def all_decoders() -> list[Decoder]:
         EnipTcpDecoder(),
         EnipUdpDecoder(),
         MqttDecoder(),
+        Iec104Decoder(),
     ]
