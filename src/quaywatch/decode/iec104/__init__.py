@@ -194,9 +194,9 @@ class Iec104Session(Session):
                 row.update(asdu(apdu[4:]))
             except ValueError as error:
                 return [Event(PROTOCOL, "i", row), anomaly(PROTOCOL, "malformed_asdu", str(error))]
-            error = row.pop("error", None)
-            if error is not None:
-                return [Event(PROTOCOL, "i", row), anomaly(PROTOCOL, "malformed_asdu", str(error))]
+            problem = row.pop("error", None)
+            if problem is not None:
+                return [Event(PROTOCOL, "i", row), anomaly(PROTOCOL, "malformed_asdu", str(problem))]
             return [Event(PROTOCOL, "i", row)]
         if control & 0x03 == 0x01:
             return [Event(PROTOCOL, "s", {"frame_format": "S", "receive_sequence": (apdu[2] >> 1) | (apdu[3] << 7)})]
