@@ -1,4 +1,4 @@
-"""Read Zeek/ICSNPP TSV logs and score field agreement, for the decoders' differential tests."""
+"""Shared tools of the decoder tests: oracle logs, field agreement, and replaying real TCP streams."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from quaywatch.decode.base import Direction, Event, Session
 
 RESEARCH = Path(__file__).resolve().parents[2].parent / "shared" / "research-data"
 
@@ -84,3 +86,33 @@ class Agreement:
             lines.append(f"  {name:24s} {self.agreed.get(name, 0):6d}/{compared:<6d} {100 * self.ratio(name):7.2f}%")
         lines += [f"  differs: {d}" for d in self.differences[:10]]
         return "\n".join(lines)
+
+
+def tcp_streams(capture: Path, port: int) -> list[list[tuple[Direction, bytes, float]]]:
+    """TCP payloads of each connection to ``port``, in capture order, read with dpkt (independent of our ingest)."""
+    import dpkt
+
+    connections: dict[tuple[bytes, int], list[tuple[Direction, bytes, float]]] = {}
+    with capture.open("rb") as handle:
+        for timestamp, frame in dpkt.pcap.Reader(handle):
+            try:
+                ip = dpkt.ethernet.Ethernet(frame).data
+            except (dpkt.NeedData, dpkt.UnpackError):
+                continue
+            if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.tcp.TCP) or not ip.data.data:
+                continue
+            tcp = ip.data
+            if tcp.dport == port:
+                connections.setdefault((ip.src, tcp.sport), []).append((Direction.TO_SERVER, tcp.data, timestamp))
+            elif tcp.sport == port:
+                connections.setdefault((ip.dst, tcp.dport), []).append((Direction.TO_CLIENT, tcp.data, timestamp))
+    return list(connections.values())
+
+
+def replay(session: Session, chunks: list[tuple[Direction, bytes, float]], one_byte: bool) -> list[Event]:
+    """Feed a connection's payloads whole, or one byte per call, and close: the events must not differ."""
+    events: list[Event] = []
+    for direction, data, timestamp in chunks:
+        for piece in [data[i : i + 1] for i in range(len(data))] if one_byte else [data]:
+            events += session.feed(piece, direction, timestamp)
+    return events + session.close()

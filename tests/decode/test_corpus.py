@@ -14,7 +14,7 @@ from quaywatch.analysis import Analyzer
 from quaywatch.decode.registry import all_decoders
 from quaywatch.ingest.capture import detect_format
 from quaywatch.store.database import Store
-from tests.decode.zeek_logs import RESEARCH
+from tests.decode.oracles import RESEARCH
 
 pytestmark = pytest.mark.oracle
 

@@ -41,9 +41,12 @@ def render() -> str:
     lines += _table("flows", FLOW_SCHEMA, "Bidirectional flows.")
     lines += _table("arp", ARP_SCHEMA, "ARP requests and replies, decoded by the ingest stage.")
     lines += _table(ANOMALY_TABLE, event_schema(ANOMALY_SCHEMA), "Malformed packets and decoder anomalies.")
+    documented: set[str] = set()
     for decoder in all_decoders():
         for name, schema in decoder.tables.items():
-            lines += _table(name, event_schema(schema), f"Events of the `{decoder.name}` decoder.")
+            if name not in documented:  # decoders of one protocol over TCP and UDP share their tables
+                documented.add(name)
+                lines += _table(name, event_schema(schema), f"Events of the `{decoder.name}` decoder.")
     return "\n".join(lines)
 
 

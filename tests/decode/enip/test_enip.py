@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 
-import dpkt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quaywatch.analysis import Analyzer
-from quaywatch.decode.base import Direction, Event
+from quaywatch.decode.base import Direction
 from quaywatch.decode.enip import EnipDatagramSession, EnipStreamSession, EnipTcpDecoder, EnipUdpDecoder
 from quaywatch.store.database import Store
-from tests.decode.zeek_logs import RESEARCH, Agreement, Row
+from tests.decode.oracles import RESEARCH, Agreement, Row, replay, tcp_streams
 
 ICSNPP = RESEARCH / "icsnpp-enip/tests"
 EXAMPLES = int(os.environ.get("QUAYWATCH_FUZZ_EXAMPLES", "100"))
@@ -163,35 +161,11 @@ def test_cip_io_and_identity_agree_with_icsnpp(tmp_path: Path) -> None:
     assert mine_identity == {name: known[name] for name in mine_identity}
 
 
-def streams(capture: Path) -> list[list[tuple[Direction, bytes, float]]]:
-    connections: dict[tuple[bytes, int, bytes, int], list[tuple[Direction, bytes, float]]] = defaultdict(list)
-    with capture.open("rb") as handle:
-        for timestamp, frame in dpkt.pcap.Reader(handle):
-            ip = dpkt.ethernet.Ethernet(frame).data
-            if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.tcp.TCP) or not ip.data.data:
-                continue
-            tcp = ip.data
-            if tcp.dport == 44818:
-                connections[(ip.src, tcp.sport, ip.dst, tcp.dport)].append((Direction.TO_SERVER, tcp.data, timestamp))
-            elif tcp.sport == 44818:
-                connections[(ip.dst, tcp.dport, ip.src, tcp.sport)].append((Direction.TO_CLIENT, tcp.data, timestamp))
-    return list(connections.values())
-
-
-def run(chunks: list[tuple[Direction, bytes, float]], one_byte: bool) -> list[Event]:
-    session = EnipStreamSession()
-    events: list[Event] = []
-    for direction, data, timestamp in chunks:
-        for piece in [data[i : i + 1] for i in range(len(data))] if one_byte else [data]:
-            events += session.feed(piece, direction, timestamp)
-    return events + session.close()
-
-
 def test_one_byte_at_a_time_gives_the_same_events() -> None:
     total = 0
-    for chunks in streams(require(ICSNPP / "traces/enip_cip_example.pcap")):
-        whole = run(chunks, one_byte=False)
-        assert run(chunks, one_byte=True) == whole
+    for chunks in tcp_streams(require(ICSNPP / "traces/enip_cip_example.pcap"), 44818):
+        whole = replay(EnipStreamSession(), chunks, one_byte=False)
+        assert replay(EnipStreamSession(), chunks, one_byte=True) == whole
         total += len(whole)
     assert total > 1000
 
@@ -224,3 +198,11 @@ def test_well_framed_random_messages_never_raise(command: int, body: bytes) -> N
     assert EnipStreamSession().feed(message, Direction.TO_SERVER, 0.0)[0].table == "enip"
     EnipDatagramSession().feed(message, Direction.TO_CLIENT, 0.0)
     EnipDatagramSession().feed(body, Direction.TO_CLIENT, 0.0)
+
+
+def test_udp_decoder_runs_alone(tmp_path: Path) -> None:
+    """Its tables exist even without the TCP decoder (`--decoders enip_udp`)."""
+    store = Store(tmp_path / "udp.duckdb")
+    Analyzer(store, decoders=[EnipUdpDecoder()]).analyze(require(ICSNPP / "traces/enip_cip_example.pcap"))
+    assert store.connection.execute("SELECT count(*) FROM cip_io").fetchone() == (398,)
+    store.close()

@@ -8,16 +8,15 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
-import dpkt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quaywatch.analysis import Analyzer
-from quaywatch.decode.base import Direction, Event
+from quaywatch.decode.base import Direction
 from quaywatch.decode.iec104 import Iec104Decoder, Iec104Session
 from quaywatch.store.database import Store
-from tests.decode.zeek_logs import RESEARCH, Agreement, Row
+from tests.decode.oracles import RESEARCH, Agreement, Row, replay, tcp_streams
 
 CAPTURES = RESEARCH / "iti-ics-security-tools/pcaps/IEC60870-5-104"
 EXAMPLES = int(os.environ.get("QUAYWATCH_FUZZ_EXAMPLES", "100"))
@@ -80,39 +79,12 @@ def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def streams(capture: Path) -> list[list[tuple[Direction, bytes, float]]]:
-    connections: dict[tuple[bytes, int], list[tuple[Direction, bytes, float]]] = defaultdict(list)
-    with capture.open("rb") as handle:
-        for timestamp, frame in dpkt.pcap.Reader(handle):
-            try:
-                ip = dpkt.ethernet.Ethernet(frame).data
-            except (dpkt.NeedData, dpkt.UnpackError):
-                continue
-            if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.tcp.TCP) or not ip.data.data:
-                continue
-            tcp = ip.data
-            if tcp.dport == 2404:
-                connections[(ip.src, tcp.sport)].append((Direction.TO_SERVER, tcp.data, timestamp))
-            elif tcp.sport == 2404:
-                connections[(ip.dst, tcp.dport)].append((Direction.TO_CLIENT, tcp.data, timestamp))
-    return list(connections.values())
-
-
-def run(chunks: list[tuple[Direction, bytes, float]], one_byte: bool) -> list[Event]:
-    session = Iec104Session()
-    events: list[Event] = []
-    for direction, data, timestamp in chunks:
-        for piece in [data[i : i + 1] for i in range(len(data))] if one_byte else [data]:
-            events += session.feed(piece, direction, timestamp)
-    return events + session.close()
-
-
 def test_one_byte_at_a_time_gives_the_same_events() -> None:
     total = 0
     for capture in captures():
-        for chunks in streams(capture):
-            whole = run(chunks, one_byte=False)
-            assert run(chunks, one_byte=True) == whole
+        for chunks in tcp_streams(capture, 2404):
+            whole = replay(Iec104Session(), chunks, one_byte=False)
+            assert replay(Iec104Session(), chunks, one_byte=True) == whole
             total += len(whole)
     assert total > 300
 
@@ -147,3 +119,10 @@ def test_random_streams_never_raise(chunks: list[tuple[Direction, bytes]]) -> No
 def test_well_framed_random_apdus_never_raise(body: bytes) -> None:
     events = Iec104Session().feed(bytes([0x68, len(body)]) + body, Direction.TO_SERVER, 0.0)
     assert events and events[0].table == "iec104"
+
+
+def test_regression_objects_overrunning_the_asdu() -> None:
+    """Found by the fuzzer: two 4-byte objects announced, five bytes present."""
+    body = b"\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+    events = Iec104Session().feed(bytes([0x68, len(body)]) + body, Direction.TO_SERVER, 0.0)
+    assert [e.table for e in events] == ["iec104", "anomaly"]

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 
-import dpkt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quaywatch.analysis import Analyzer
-from quaywatch.decode.base import Direction, Event
+from quaywatch.decode.base import Direction
 from quaywatch.decode.modbus import ModbusDecoder, ModbusSession
 from quaywatch.decode.modbus.constants import FUNCTIONS
 from quaywatch.store.database import Store
-from tests.decode.zeek_logs import RESEARCH, Agreement, Row, read_log
+from tests.decode.oracles import RESEARCH, Agreement, Row, read_log, replay, tcp_streams
 
 ZEEK = RESEARCH / "zeek-btest/testing/btest"
 ICSNPP = RESEARCH / "icsnpp-modbus/testing"
@@ -256,32 +254,6 @@ def test_content_decides_not_the_port(tmp_path: Path) -> None:
     assert claimed == [("10.0.0.9",)]
 
 
-def streams(capture: Path) -> list[list[tuple[Direction, bytes, float]]]:
-    """TCP payloads per connection, in capture order, from port-502 servers (dpkt: independent of our ingest)."""
-    connections: dict[tuple[bytes, int, bytes, int], list[tuple[Direction, bytes, float]]] = defaultdict(list)
-    with capture.open("rb") as handle:
-        for timestamp, frame in dpkt.pcap.Reader(handle):
-            ip = dpkt.ethernet.Ethernet(frame).data
-            if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.tcp.TCP) or not ip.data.data:
-                continue
-            tcp = ip.data
-            if tcp.dport == 502:
-                connections[(ip.src, tcp.sport, ip.dst, tcp.dport)].append((Direction.TO_SERVER, tcp.data, timestamp))
-            elif tcp.sport == 502:
-                connections[(ip.dst, tcp.dport, ip.src, tcp.sport)].append((Direction.TO_CLIENT, tcp.data, timestamp))
-    return list(connections.values())
-
-
-def run(chunks: list[tuple[Direction, bytes, float]], one_byte: bool) -> list[Event]:
-    session = ModbusSession()
-    events: list[Event] = []
-    for direction, data, timestamp in chunks:
-        pieces = [data[i : i + 1] for i in range(len(data))] if one_byte else [data]
-        for piece in pieces:
-            events += session.feed(piece, direction, timestamp)
-    return events + session.close()
-
-
 def test_one_byte_at_a_time_gives_the_same_events() -> None:
     captures = [
         ICSNPP / "traces/modbus_example.pcap",
@@ -290,9 +262,9 @@ def test_one_byte_at_a_time_gives_the_same_events() -> None:
     ]
     total = 0
     for capture in captures:
-        for chunks in streams(require(capture)):
-            whole = run(chunks, one_byte=False)
-            assert run(chunks, one_byte=True) == whole
+        for chunks in tcp_streams(require(capture), 502):
+            whole = replay(ModbusSession(), chunks, one_byte=False)
+            assert replay(ModbusSession(), chunks, one_byte=True) == whole
             total += len(whole)
     assert total > 100
 

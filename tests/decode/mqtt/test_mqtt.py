@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from pathlib import Path
 
-import dpkt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quaywatch.analysis import Analyzer
-from quaywatch.decode.base import Direction, Event
+from quaywatch.decode.base import Direction
 from quaywatch.decode.mqtt import QOS_NAMES, MqttDecoder, MqttSession
 from quaywatch.store.database import Store
-from tests.decode.zeek_logs import RESEARCH, Agreement, Row, read_log
+from tests.decode.oracles import RESEARCH, Agreement, Row, read_log, replay, tcp_streams
 
 ZEEK = RESEARCH / "zeek-btest/testing/btest"
 TRACE = ZEEK / "Traces/mqtt.pcap"
@@ -105,35 +103,11 @@ def test_subscribe_agrees_with_zeek(tmp_path: Path) -> None:
     check(agreement, "zeek mqtt_subscribe")
 
 
-def streams(capture: Path) -> list[list[tuple[Direction, bytes, float]]]:
-    connections: dict[tuple[bytes, int, bytes, int], list[tuple[Direction, bytes, float]]] = defaultdict(list)
-    with capture.open("rb") as handle:
-        for timestamp, frame in dpkt.pcap.Reader(handle):
-            ip = dpkt.ethernet.Ethernet(frame).data
-            if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.tcp.TCP) or not ip.data.data:
-                continue
-            tcp = ip.data
-            if tcp.dport == 1883:
-                connections[(ip.src, tcp.sport, ip.dst, tcp.dport)].append((Direction.TO_SERVER, tcp.data, timestamp))
-            elif tcp.sport == 1883:
-                connections[(ip.dst, tcp.dport, ip.src, tcp.sport)].append((Direction.TO_CLIENT, tcp.data, timestamp))
-    return list(connections.values())
-
-
-def run(chunks: list[tuple[Direction, bytes, float]], one_byte: bool) -> list[Event]:
-    session = MqttSession()
-    events: list[Event] = []
-    for direction, data, timestamp in chunks:
-        for piece in [data[i : i + 1] for i in range(len(data))] if one_byte else [data]:
-            events += session.feed(piece, direction, timestamp)
-    return events + session.close()
-
-
 def test_one_byte_at_a_time_gives_the_same_events() -> None:
     total = 0
-    for chunks in streams(require(TRACE)):
-        whole = run(chunks, one_byte=False)
-        assert run(chunks, one_byte=True) == whole
+    for chunks in tcp_streams(require(TRACE), 1883):
+        whole = replay(MqttSession(), chunks, one_byte=False)
+        assert replay(MqttSession(), chunks, one_byte=True) == whole
         total += len(whole)
     assert total >= 20
 

@@ -379,7 +379,8 @@ class EnipUdpDecoder(Decoder):
     name = "enip_udp"
     transport = "udp"
     ports = frozenset({44818, 2222})
-    tables: ClassVar[dict[str, pa.Schema]] = {}
+    # The same tables as the TCP decoder, so either can run alone (``--decoders enip_udp``).
+    tables: ClassVar[dict[str, pa.Schema]] = EnipTcpDecoder.tables
 
     def probe(self, payload: bytes, direction: Direction, server_port: int) -> bool:
         if _looks_like_encapsulation(payload) and 24 + (payload[2] | (payload[3] << 8)) == len(payload):

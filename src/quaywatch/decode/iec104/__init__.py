@@ -114,7 +114,7 @@ def asdu(data: bytes) -> dict[str, object]:
     else:
         step = 3 + size
         addresses = [
-            body[i] | (body[i + 1] << 8) | (body[i + 2] << 16) for i in range(0, min(len(body), step * count), step)
+            body[i] | (body[i + 1] << 8) | (body[i + 2] << 16) for i in range(0, min(len(body) - 2, step * count), step)
         ]
         fields["information_object_addresses"] = addresses[:MAX_IOAS]
         if len(body) != step * count:
