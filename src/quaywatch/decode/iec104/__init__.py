@@ -14,6 +14,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from quaywatch.decode.base import Decoder, Direction, Event, Session, anomaly
+from quaywatch.decode.framing import ResynchronisingStreams
 
 PROTOCOL = "iec104"
 
@@ -141,46 +142,30 @@ class Iec104Session(Session):
     """APDU framing per direction (start byte 0x68, length), then APCI and ASDU."""
 
     def __init__(self) -> None:
-        self.buffers = {Direction.TO_SERVER: bytearray(), Direction.TO_CLIENT: bytearray()}
-        self.skipped = {Direction.TO_SERVER: 0, Direction.TO_CLIENT: 0}
+        self.streams = ResynchronisingStreams(PROTOCOL, "invalid_apci", "a start byte")
 
     def feed(self, data: bytes, direction: Direction, timestamp: float) -> list[Event]:
-        buffer = self.buffers[direction]
+        buffer = self.streams.buffers[direction]
         buffer += data
         events: list[Event] = []
         while len(buffer) >= 2:
             if buffer[0] != 0x68 or buffer[1] < 4:
-                del buffer[0]  # resynchronise on the next start byte, independently of chunking
-                self.skipped[direction] += 1
+                self.streams.skip(direction)
                 continue
             length = buffer[1]
             if len(buffer) < 2 + length:
                 break
-            events += self._skipped(direction)
+            events += self.streams.resynchronised(direction)
             apdu = bytes(buffer[2 : 2 + length])
             del buffer[: 2 + length]
             events += self._apdu(apdu)
         return events
 
-    def _skipped(self, direction: Direction) -> list[Event]:
-        count = self.skipped[direction]
-        if not count:
-            return []
-        self.skipped[direction] = 0
-        return [anomaly(PROTOCOL, "invalid_apci", f"{direction.name}: {count} bytes skipped to a start byte")]
-
     def gap(self, direction: Direction, length: int) -> list[Event]:
-        self.buffers[direction].clear()
-        return self._skipped(direction)
+        return self.streams.gap(direction)
 
     def close(self) -> list[Event]:
-        events = []
-        for direction, buffer in self.buffers.items():
-            events += self._skipped(direction)
-            if buffer:
-                events.append(anomaly(PROTOCOL, "truncated_message", f"{direction.name}: {len(buffer)} bytes left"))
-                buffer.clear()
-        return events
+        return self.streams.close()
 
     def _apdu(self, apdu: bytes) -> list[Event]:
         control = apdu[0]

@@ -13,6 +13,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from quaywatch.decode.base import Decoder, Direction, Event, Session, anomaly
+from quaywatch.decode.framing import ResynchronisingStreams
 from quaywatch.decode.modbus import parser
 from quaywatch.decode.modbus.constants import EXCEPTIONS, FUNCTIONS, MAXIMUM_LENGTH, USER_DEFINED, WRITE_FUNCTIONS
 
@@ -72,42 +73,29 @@ class ModbusSession(Session):
     """One Modbus/TCP connection: framing per direction and pending requests."""
 
     def __init__(self) -> None:
-        self.buffers = {Direction.TO_SERVER: bytearray(), Direction.TO_CLIENT: bytearray()}
-        self.skipped = {Direction.TO_SERVER: 0, Direction.TO_CLIENT: 0}
+        self.streams = ResynchronisingStreams(PROTOCOL, "invalid_mbap_header", "a valid MBAP header")
         self.pending: dict[tuple[int, int], tuple[float, dict[str, object]]] = {}
 
     def feed(self, data: bytes, direction: Direction, timestamp: float) -> list[Event]:
-        buffer = self.buffers[direction]
+        buffer = self.streams.buffers[direction]
         buffer += data
         events: list[Event] = []
         while len(buffer) >= 7:
             protocol, length = (buffer[2] << 8) | buffer[3], (buffer[4] << 8) | buffer[5]
             if protocol != 0 or not 2 <= length <= MAXIMUM_LENGTH:
-                # Resynchronise byte by byte: the decision depends only on the stream, not on chunking.
-                del buffer[0]
-                self.skipped[direction] += 1
+                self.streams.skip(direction)
                 continue
             if len(buffer) < 6 + length:
                 break
-            events += self._skipped(direction)
+            events += self.streams.resynchronised(direction)
             transaction, unit = (buffer[0] << 8) | buffer[1], buffer[6]
             pdu = bytes(buffer[7 : 6 + length])
             del buffer[: 6 + length]
             events += self._message(transaction, unit, pdu, direction, timestamp)
         return events
 
-    def _skipped(self, direction: Direction) -> list[Event]:
-        count = self.skipped[direction]
-        if not count:
-            return []
-        self.skipped[direction] = 0
-        return [
-            anomaly(PROTOCOL, "invalid_mbap_header", f"{direction.name}: {count} bytes skipped to a valid MBAP header")
-        ]
-
     def gap(self, direction: Direction, length: int) -> list[Event]:
-        self.buffers[direction].clear()
-        return self._skipped(direction)
+        return self.streams.gap(direction)
 
     def close(self) -> list[Event]:
         events = []
@@ -115,12 +103,7 @@ class ModbusSession(Session):
             row = {"transaction_id": transaction, "unit_id": unit, **fields}
             events.append(Event(PROTOCOL, "unanswered_request", row))
         self.pending.clear()
-        for direction, buffer in self.buffers.items():
-            events += self._skipped(direction)
-            if buffer:
-                events.append(anomaly(PROTOCOL, "truncated_message", f"{direction.name}: {len(buffer)} bytes left"))
-                buffer.clear()
-        return events
+        return events + self.streams.close()
 
     def _message(self, transaction: int, unit: int, pdu: bytes, direction: Direction, timestamp: float) -> list[Event]:
         code = pdu[0]

@@ -12,6 +12,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from quaywatch.decode.base import Decoder, Direction, Event, Session, anomaly
+from quaywatch.decode.framing import ResynchronisingStreams
 from quaywatch.decode.s7comm import parser
 from quaywatch.decode.s7comm.constants import COTP_TYPES
 
@@ -122,51 +123,35 @@ class S7Session(Session):
     """TPKT framing per direction, COTP data reassembly, then S7comm or S7comm-plus."""
 
     def __init__(self) -> None:
-        self.buffers = {Direction.TO_SERVER: bytearray(), Direction.TO_CLIENT: bytearray()}
+        self.streams = ResynchronisingStreams(PROTOCOL, "invalid_tpkt_header", "a TPKT header")
         self.fragments = {Direction.TO_SERVER: bytearray(), Direction.TO_CLIENT: bytearray()}
-        self.skipped = {Direction.TO_SERVER: 0, Direction.TO_CLIENT: 0}
         self.more_follows = {Direction.TO_SERVER: False, Direction.TO_CLIENT: False}
         # A Read SZL response split into several data units: the first part's header and records so far.
         self.partial_szl: dict[Direction, dict[str, object]] = {}
 
     def feed(self, data: bytes, direction: Direction, timestamp: float) -> list[Event]:
-        buffer = self.buffers[direction]
+        buffer = self.streams.buffers[direction]
         buffer += data
         events: list[Event] = []
         while len(buffer) >= 4:
             length = (buffer[2] << 8) | buffer[3]
             if buffer[0] != 3 or length < 7:
-                del buffer[0]  # resynchronise on the next TPKT header, independently of chunking
-                self.skipped[direction] += 1
+                self.streams.skip(direction)
                 continue
             if len(buffer) < length:
                 break
-            events += self._skipped(direction)
+            events += self.streams.resynchronised(direction)
             packet = bytes(buffer[4:length])
             del buffer[:length]
             events += self._cotp(packet, direction)
         return events
 
-    def _skipped(self, direction: Direction) -> list[Event]:
-        count = self.skipped[direction]
-        if not count:
-            return []
-        self.skipped[direction] = 0
-        return [anomaly(PROTOCOL, "invalid_tpkt_header", f"{direction.name}: {count} bytes skipped to a TPKT header")]
-
     def gap(self, direction: Direction, length: int) -> list[Event]:
-        self.buffers[direction].clear()
         self.fragments[direction].clear()
-        return self._skipped(direction)
+        return self.streams.gap(direction)
 
     def close(self) -> list[Event]:
-        events = []
-        for direction in (Direction.TO_SERVER, Direction.TO_CLIENT):
-            events += self._skipped(direction)
-            if self.buffers[direction] or self.fragments[direction]:
-                left = len(self.buffers[direction]) + len(self.fragments[direction])
-                events.append(anomaly(PROTOCOL, "truncated_message", f"{direction.name}: {left} bytes left"))
-        return events
+        return self.streams.close({direction: len(parts) for direction, parts in self.fragments.items()})
 
     def _cotp(self, packet: bytes, direction: Direction) -> list[Event]:
         header_length = packet[0]
