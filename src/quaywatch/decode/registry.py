@@ -7,6 +7,7 @@ from quaywatch.decode.enip import EnipTcpDecoder, EnipUdpDecoder
 from quaywatch.decode.iec104 import Iec104Decoder
 from quaywatch.decode.modbus import ModbusDecoder
 from quaywatch.decode.mqtt import MqttDecoder
+from quaywatch.decode.opcua import OpcuaDecoder
 from quaywatch.decode.s7comm import S7Decoder
 
 
@@ -19,4 +20,5 @@ def all_decoders() -> list[Decoder]:
         EnipUdpDecoder(),
         MqttDecoder(),
         Iec104Decoder(),
+        OpcuaDecoder(),
     ]
