@@ -87,7 +87,7 @@ def analyze(
                 param_hint="--decoders",
             )
         chosen = [available[name] for name in names]
-    console = Console(stderr=True, quiet=quiet and not as_json)
+    console = Console(stderr=True, quiet=quiet and not as_json, soft_wrap=True)  # never break a path
     files, skipped = expand_inputs(inputs)
     try:
         store = Store(database, threads=threads)
