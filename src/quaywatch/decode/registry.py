@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from quaywatch.decode.base import Decoder
+from quaywatch.decode.dnp3 import Dnp3TcpDecoder, Dnp3UdpDecoder
 from quaywatch.decode.enip import EnipTcpDecoder, EnipUdpDecoder
 from quaywatch.decode.iec104 import Iec104Decoder
 from quaywatch.decode.modbus import ModbusDecoder
@@ -21,4 +22,6 @@ def all_decoders() -> list[Decoder]:
         MqttDecoder(),
         Iec104Decoder(),
         OpcuaDecoder(),
+        Dnp3TcpDecoder(),
+        Dnp3UdpDecoder(),
     ]
