@@ -125,7 +125,14 @@ class _GzipStream(io.RawIOBase):
                 break
             data = chunk
             while data:
-                self.output += self.inflater.decompress(data)
+                try:
+                    self.output += self.inflater.decompress(data)
+                except zlib.error as error:
+                    # Deliver what was decompressed before the damage (e.g. garbage after a
+                    # complete member); the error is raised once that is consumed.
+                    self.ended = True
+                    self.error = str(error)
+                    break
                 if self.inflater.eof:
                     self.member_complete = True
                     data = self.inflater.unused_data
