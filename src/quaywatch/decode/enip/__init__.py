@@ -50,6 +50,7 @@ CIP_SCHEMA = pa.schema(
         _field("class_name", pa.string(), "request path: class name"),
         _field("instance_id", pa.int64(), "request path: instance"),
         _field("attribute_id", pa.int32(), "request path: attribute"),
+        _field("attribute_list", pa.list_(pa.int32()), "Get Attribute List request: the attributes asked for"),
         _field("tag", pa.string(), "request path: symbolic segment (a Logix tag name), as received"),
         _field("status_code", pa.int16(), "response general status"),
         _field("status", pa.string(), "response general status name"),
@@ -173,6 +174,14 @@ def cip_messages(data: bytes, connected: bool, embedded: bool = False) -> list[E
             row["class_name"] = c.CLASSES.get(class_id, "unknown")
         row["service"] = c.service_name(service, class_id if isinstance(class_id, int) else None)
         body = data[2 + 2 * words :]
+        if service == 0x03 and len(body) >= 2:
+            # Get_Attribute_List (CIP Vol 1 ): attribute count, then that many attribute ids (UINT each).
+            count = int.from_bytes(body[0:2], "little")
+            if 2 + 2 * count > len(body):
+                events.append(anomaly(PROTOCOL, "malformed_cip", f"Get Attribute List of {count} ids cut short"))
+            row["attribute_list"] = [
+                int.from_bytes(body[2 + 2 * i : 4 + 2 * i], "little") for i in range(count) if 4 + 2 * i <= len(body)
+            ]
         if class_id == 0x06 and service in (0x54, 0x5B) and len(body) >= 36:
             row["o_to_t_connection_id"] = int.from_bytes(body[2:6], "little")
             row["t_to_o_connection_id"] = int.from_bytes(body[6:10], "little")

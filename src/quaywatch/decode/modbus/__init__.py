@@ -117,6 +117,16 @@ class ModbusSession(Session):
             "writes": function in WRITE_FUNCTIONS,
         }
         key = (transaction, unit)
+        if direction == Direction.TO_SERVER and code & 0x80:
+            # Codes 128-255 are exception responses only (Modbus Application Protocol V1.1b3, sections 4.1 and
+            # 7): a client never sends one. Either the capture has the roles reversed (the device opened the
+            # connection) or the client is broken; record the exception, not a request it never made.
+            exception = pdu[1] if len(pdu) > 1 else None
+            row["exception_code"] = exception
+            row["exception"] = EXCEPTIONS.get(exception, f"EXCEPTION_{exception}") if exception is not None else None
+            row["matched"] = False
+            detail = f"function code 0x{code:02x} from the connection's initiator, transaction {transaction}"
+            return [Event(PROTOCOL, "exception", row), anomaly(PROTOCOL, "exception_from_client", detail)]
         if direction == Direction.TO_SERVER:
             events: list[Event] = []
             try:

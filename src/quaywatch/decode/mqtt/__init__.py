@@ -67,6 +67,8 @@ REASON_CODES_5 = {
     0x9D: "Server moved",
     0x9F: "Connection rate exceeded",
 }
+#: Fixed-header flags that MQTT 3.1.1 section 2.2.2 and 5.0 section 2.1.3 require (PUBLISH has real flags).
+FIXED_FLAGS = {6: 0b0010, 8: 0b0010, 10: 0b0010}
 QOS_NAMES = {0: "at most once", 1: "at least once", 2: "exactly once"}
 
 
@@ -78,8 +80,11 @@ SCHEMA = pa.schema(
     [
         _field("packet_type_code", pa.int16(), "control packet type"),
         _field("packet_type", pa.string(), "CONNECT, PUBLISH, SUBSCRIBE ..."),
+        _field("header_flags", pa.int16(), "low four bits of the fixed header (dup, QoS, retain in PUBLISH)"),
+        _field("remaining_length", pa.int64(), "remaining length of the fixed header: the packet size after it"),
         _field("protocol_name", pa.string(), "CONNECT: MQTT or MQIsdp"),
         _field("protocol_version", pa.string(), "CONNECT: 3.1, 3.1.1 or 5.0"),
+        _field("connect_flags", pa.int16(), "CONNECT: the connect flags byte"),
         _field("clean_session", pa.bool_(), "CONNECT: clean session / clean start"),
         _field("keep_alive", pa.int32(), "CONNECT: keep-alive seconds"),
         _field("client_id", pa.string(), "CONNECT: client identifier, as received"),
@@ -153,6 +158,26 @@ def _properties(data: bytes, position: int, version: int, row: dict[str, object]
     return after + length
 
 
+def _whole_packets(payload: bytes) -> bool:
+    """The payload is one or more complete control packets other than CONNECT, with valid fixed headers."""
+    position = 0
+    while position < len(payload):
+        header = payload[position]
+        kind, flags = header >> 4, header & 0x0F
+        try:
+            length, start = _varint(payload, position + 1)
+        except Malformed:
+            return False
+        if length is None or kind in (0, 1) or start + length > len(payload):
+            return False
+        if (kind == 3 and (flags >> 1) & 3 == 3) or (kind != 3 and flags != FIXED_FLAGS.get(kind, 0)):
+            return False
+        if kind in (12, 13) and length:
+            return False  # PINGREQ and PINGRESP have no body
+        position = start + length
+    return position > 0
+
+
 class MqttSession(Session):
     """One MQTT connection: framing per direction, protocol version from CONNECT."""
 
@@ -173,11 +198,9 @@ class MqttSession(Session):
                 break
             if length is None:
                 break
-            if buffer[0] >> 4 == 0 or length > MAXIMUM_PACKET:
+            if length > MAXIMUM_PACKET:
                 events.append(
-                    anomaly(
-                        PROTOCOL, "bad_fixed_header", f"{direction.name}: type 0, or {length} bytes; stream dropped"
-                    )
+                    anomaly(PROTOCOL, "bad_fixed_header", f"{direction.name}: {length}-byte packet; stream dropped")
                 )
                 buffer.clear()
                 break
@@ -186,6 +209,12 @@ class MqttSession(Session):
             header = buffer[0]
             body = bytes(buffer[start : start + length])
             del buffer[: start + length]
+            if header >> 4 == 0:
+                # Type 0 is reserved and forbidden (MQTT 3.1.1 and 5.0 section 2.1.2); the length still frames it.
+                events.append(
+                    anomaly(PROTOCOL, "unassigned_packet_type", f"{direction.name}: packet type 0 of {length} bytes")
+                )
+                continue
             events += self._packet(header, body, direction)
         return events
 
@@ -202,13 +231,31 @@ class MqttSession(Session):
         return events
 
     def _packet(self, header: int, body: bytes, direction: Direction) -> list[Event]:
-        kind = header >> 4
-        row: dict[str, object] = {"packet_type_code": kind, "packet_type": PACKET_TYPES.get(kind, f"TYPE_{kind}")}
+        kind, flags = header >> 4, header & 0x0F
+        row: dict[str, object] = {
+            "packet_type_code": kind,
+            "packet_type": PACKET_TYPES.get(kind, f"TYPE_{kind}"),
+            "header_flags": flags,
+            "remaining_length": len(body),
+        }
+        events = [Event(PROTOCOL, str(row["packet_type"]).lower(), row)]
+        name = row["packet_type"]
+        if kind == 3 and (flags >> 1) & 3 == 3:
+            # MQTT 3.1.1 section 3.3.1.2 [MQTT-3.3.1-4], 5.0 section 3.3.1.2: both QoS bits set is malformed.
+            events.append(anomaly(PROTOCOL, "invalid_qos", f"{direction.name}: PUBLISH with QoS 3"))
+        elif kind == 15 and self.version != 5:
+            # AUTH exists only in 5.0; in 3.1 and 3.1.1 type 15 is reserved and forbidden (3.1.1 section 2.2.1).
+            events.append(anomaly(PROTOCOL, "unassigned_packet_type", f"{direction.name}: packet type 15 before 5.0"))
+        elif kind != 3 and flags != FIXED_FLAGS.get(kind, 0):
+            # Section 2.2.2 (3.1.1) / 2.1.3 (5.0): the flags of every other packet type are fixed.
+            events.append(
+                anomaly(PROTOCOL, "reserved_flags", f"{direction.name}: {name} with header flags 0x{flags:x}")
+            )
         try:
-            self._fields(kind, header & 0x0F, body, row)
+            self._fields(kind, flags, body, row)
         except Malformed as error:
-            return [Event(PROTOCOL, str(row["packet_type"]).lower(), row), anomaly(PROTOCOL, "malformed", str(error))]
-        return [Event(PROTOCOL, str(row["packet_type"]).lower(), row)]
+            events.append(anomaly(PROTOCOL, "malformed", f"{name}: {error}"))
+        return events
 
     def _fields(self, kind: int, flags: int, body: bytes, row: dict[str, object]) -> None:
         version = self.version
@@ -219,6 +266,7 @@ class MqttSession(Session):
             level, connect_flags = body[position], body[position + 1]
             self.version = version = level if level in VERSIONS else version
             row.update(
+                connect_flags=connect_flags,
                 protocol_name=name,
                 protocol_version=VERSIONS.get(level, str(level)),
                 clean_session=bool(connect_flags & 0x02),
@@ -264,12 +312,14 @@ class MqttSession(Session):
             payload = body[position:]
             row["payload_length"] = len(payload)
             row["payload_head"] = payload[:PAYLOAD_HEAD]
-        elif kind in (4, 5, 6, 7, 11):
+        elif kind in (4, 5, 6, 7):
             if len(body) >= 2:
                 row["packet_id"] = (body[0] << 8) | body[1]
-            if version == 5 and len(body) >= 3:
-                row["return_code"] = body[2]
-                row["return_status"] = REASON_CODES_5.get(body[2], f"Code {body[2]}")
+            if version == 5 and len(body) >= 2:
+                # MQTT 5.0 sections 3.4.2.1-3.7.2.1: a Remaining Length of 2 means reason code 0x00 (Success).
+                code = body[2] if len(body) >= 3 else 0
+                row["return_code"] = code
+                row["return_status"] = REASON_CODES_5.get(code, f"Code {code}")
         elif kind in (8, 10):
             if len(body) < 2:
                 raise Malformed("subscription packet without a packet id")
@@ -287,15 +337,21 @@ class MqttSession(Session):
             row["topics"] = topics
             if kind == 8:
                 row["requested_qos"] = qos_levels
-        elif kind == 9:
+        elif kind == 9 or (kind == 11 and version == 5):
+            # SUBACK: granted QoS per filter; MQTT 5.0 UNSUBACK (section 3.11.3): a reason code per filter.
             if len(body) < 2:
-                raise Malformed("SUBACK without a packet id")
+                raise Malformed(f"{PACKET_TYPES[kind]} without a packet id")
             row["packet_id"] = (body[0] << 8) | body[1]
             position = _properties(body, 2, version, row)
             row["granted_qos"] = list(body[position:])
-        elif kind == 14 and version == 5 and body:
-            row["return_code"] = body[0]
-            row["return_status"] = REASON_CODES_5.get(body[0], f"Code {body[0]}")
+        elif kind == 11:
+            if len(body) >= 2:
+                row["packet_id"] = (body[0] << 8) | body[1]
+        elif kind == 14 and version == 5:
+            # MQTT 5.0 section 3.14.2.1: no reason code (Remaining Length 0) means 0x00, normal disconnection.
+            code = body[0] if body else 0
+            row["return_code"] = code
+            row["return_status"] = REASON_CODES_5.get(code, f"Code {code}")
 
 
 class MqttDecoder(Decoder):
@@ -307,19 +363,25 @@ class MqttDecoder(Decoder):
     tables: ClassVar[dict[str, pa.Schema]] = {PROTOCOL: SCHEMA}
 
     def probe(self, payload: bytes, direction: Direction, server_port: int) -> bool:
-        if direction != Direction.TO_SERVER or len(payload) < 12 or payload[0] != 0x10:
-            return False
-        try:
-            length, start = _varint(payload, 1)
-            name, position = _string(payload, start)
-        except Malformed:
-            return False
-        return (
-            length is not None
-            and name in ("MQTT", "MQIsdp")
-            and position < len(payload)
-            and payload[position] in VERSIONS
-        )
+        """A well-formed CONNECT as the client's first packet; on port 1883 also a capture that starts mid-session.
+
+        Mid-session (the CONNECT was before the capture) the payload must be whole, well-formed packets with the
+        fixed-header flags the specification requires: the port hint and exact framing together keep other
+        protocols out.
+        """
+        if direction == Direction.TO_SERVER and len(payload) >= 12 and payload[0] == 0x10:
+            try:
+                length, start = _varint(payload, 1)
+                name, position = _string(payload, start)
+            except Malformed:
+                return False
+            return (
+                length is not None
+                and name in ("MQTT", "MQIsdp")
+                and position < len(payload)
+                and payload[position] in VERSIONS
+            )
+        return server_port in self.ports and _whole_packets(payload)
 
     def session(self) -> Session:
         return MqttSession()
