@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from quaywatch.decode.bacnet import BacnetDecoder
 from quaywatch.decode.base import Decoder
 from quaywatch.decode.dnp3 import Dnp3TcpDecoder, Dnp3UdpDecoder
 from quaywatch.decode.enip import EnipTcpDecoder, EnipUdpDecoder
@@ -24,4 +25,5 @@ def all_decoders() -> list[Decoder]:
         OpcuaDecoder(),
         Dnp3TcpDecoder(),
         Dnp3UdpDecoder(),
+        BacnetDecoder(),
     ]
