@@ -18,6 +18,14 @@ Decoders are sans-IO, in the manner of h11:
 The pipeline adds the shared envelope (timestamp, packet number, flow id,
 Community ID, 5-tuple, direction) to every event, so a decoder only fills the
 fields of its own table.
+
+Layer-2 decoders (``transport == "ethernet"``) see frames, not flows: their
+rows have no flow id, Community ID, 5-tuple or direction (NULL). Instead the
+pipeline fills the link envelope, :data:`LINK_FIELDS` (outer VLAN id, source
+and destination MAC, named as in the ``arp`` table), and every table of a
+layer-2 decoder starts its schema with ``*LINK_FIELDS`` so those columns
+exist. The shared envelope itself stays the same for every table; anomaly rows
+of layer-2 decoders keep ``packet_number`` to join back to the frame.
 """
 
 from __future__ import annotations
@@ -65,6 +73,14 @@ ANOMALY_SCHEMA = pa.schema(
         pa.field("detail", pa.string(), metadata={"doc": "human explanation, with offsets"}),
     ]
 )
+
+
+#: Columns a layer-2 decoder's tables start with; the pipeline fills them from the frame's header.
+LINK_FIELDS = [
+    pa.field("vlan", pa.int32(), True, {"doc": "outer 802.1Q VLAN id (0: priority tag only), NULL if untagged"}),
+    pa.field("source_mac", pa.string(), True, {"doc": "Ethernet source"}),
+    pa.field("destination_mac", pa.string(), True, {"doc": "Ethernet destination"}),
+]
 
 
 def anomaly(protocol: str, code: str, detail: str) -> Event:

@@ -19,7 +19,7 @@ from quaywatch.decode.base import ANOMALY_SCHEMA, ANOMALY_TABLE, Decoder, Direct
 from quaywatch.flows import table
 from quaywatch.flows.community_id import community_id
 from quaywatch.flows.reassembly import StreamData, StreamGap, StreamReassembler
-from quaywatch.flows.records import TRANSPORT_NAMES, address_bytes, address_strings
+from quaywatch.flows.records import TRANSPORT_NAMES, address_bytes, address_strings, mac_strings
 from quaywatch.ingest import layers
 from quaywatch.store.database import event_schema
 
@@ -296,12 +296,27 @@ class Dispatcher:
         ether = packets["ether_type"].astype(np.int64)
         ether = np.where(ether < 0x600, 0, ether)  # IEEE 802.3 length field: LLC frames are type 0
         wanted = np.flatnonzero((packets["network"] == layers.L3_OTHER) & np.isin(ether, self.ether_types))
-        for index in wanted.tolist():
-            row = packets[index]
-            kind = int(ether[index])
-            start = int(row["payload_offset"])
-            payload = bytes(buffer[start : start + int(row["payload_captured"])])
-            source = int(row["source_mac"])
+        if wanted.shape[0] == 0:
+            return
+        rows = packets[wanted]
+        # The link envelope (base.LINK_FIELDS), column-wise: a frame has no flow, so no 5-tuple.
+        vlans = [v if v >= 0 else None for v in rows["vlan_outer"].tolist()]
+        columns = zip(
+            wanted.tolist(),
+            ether[wanted].tolist(),
+            rows["payload_offset"].tolist(),
+            rows["payload_captured"].tolist(),
+            rows["source_mac"].tolist(),
+            mac_strings(rows["source_mac"]),
+            mac_strings(rows["destination_mac"]),
+            vlans,
+            timestamps[wanted].tolist(),
+            strict=True,
+        )
+        memory = memoryview(buffer)  # type: ignore[arg-type]
+        for index, kind, start, captured, source, source_mac, destination_mac, vlan, timestamp in columns:
+            payload = bytes(memory[start : start + captured])
+            envelope: dict[str, object] | None = None
             for decoder_index in self.frame_decoders:
                 decoder = self.decoders[decoder_index]
                 if kind not in decoder.ethertypes:
@@ -310,14 +325,19 @@ class Dispatcher:
                 session = self.frame_sessions.get(key)
                 if session is None:
                     session = self.frame_sessions[key] = decoder.session()
-                stamp = int(timestamps[index]) / 1e9
                 events = self._guard(
                     decoder.name,
-                    lambda s=session, p=payload, t=stamp: s.feed(p, Direction.TO_SERVER, t),
+                    lambda s=session, p=payload, t=timestamp / 1e9: s.feed(p, Direction.TO_SERVER, t),
                 )
                 if events:
-                    envelope: dict[str, object] = {"capture_id": self.capture_id}
-                    self._emit(envelope, events, None, int(timestamps[index]), first_number + index)
+                    if envelope is None:
+                        envelope = {
+                            "capture_id": self.capture_id,
+                            "vlan": vlan,
+                            "source_mac": source_mac,
+                            "destination_mac": destination_mac,
+                        }
+                    self._emit(envelope, events, None, timestamp, first_number + index)
 
     # -- flow end -------------------------------------------------------------------
 

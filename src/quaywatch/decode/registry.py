@@ -10,6 +10,7 @@ from quaywatch.decode.iec104 import Iec104Decoder
 from quaywatch.decode.modbus import ModbusDecoder
 from quaywatch.decode.mqtt import MqttDecoder
 from quaywatch.decode.opcua import OpcuaDecoder
+from quaywatch.decode.profinet_dcp import ProfinetDcpDecoder
 from quaywatch.decode.s7comm import S7Decoder
 
 
@@ -25,5 +26,6 @@ def all_decoders() -> list[Decoder]:
         OpcuaDecoder(),
         Dnp3TcpDecoder(),
         Dnp3UdpDecoder(),
+        ProfinetDcpDecoder(),
         BacnetDecoder(),
     ]
