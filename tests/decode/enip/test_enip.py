@@ -175,6 +175,12 @@ def test_probe() -> None:
     assert EnipTcpDecoder().probe(register, Direction.TO_SERVER, 44818)
     assert EnipTcpDecoder().probe(register, Direction.TO_SERVER, 2001)
     assert not EnipTcpDecoder().probe(b"GET / HTTP/1.1\r\nHost: plc\r\n\r\n", Direction.TO_SERVER, 44818)
+    # Off the EtherNet/IP port, only whole messages: a proprietary protocol on 5026 in ITI's mb2.pcap starts with
+    # its own little-endian length (0x36, 0x73) and looked like Cancel with trailing data.
+    proprietary = bytes.fromhex("73000000001200000100") + bytes(105)
+    assert not EnipTcpDecoder().probe(proprietary, Direction.TO_SERVER, 5026)
+    assert EnipTcpDecoder().probe(register + register, Direction.TO_SERVER, 2001)
+    assert not EnipTcpDecoder().probe(register + register[:10], Direction.TO_SERVER, 2001)
     list_identity = bytes.fromhex("6300" + "0000" + "00" * 20)
     assert EnipUdpDecoder().probe(list_identity, Direction.TO_SERVER, 44818)
     assert not EnipUdpDecoder().probe(b"\x12\x34\x01\x00" + bytes(20), Direction.TO_SERVER, 53)
@@ -206,3 +212,28 @@ def test_udp_decoder_runs_alone(tmp_path: Path) -> None:
     Analyzer(store, decoders=[EnipUdpDecoder()]).analyze(require(ICSNPP / "traces/enip_cip_example.pcap"))
     assert store.connection.execute("SELECT count(*) FROM cip_io").fetchone() == (398,)
     store.close()
+
+
+def send_rr_data(cip: bytes) -> bytes:
+    """A Send RR Data encapsulation message carrying ``cip`` in an Unconnected Data Item."""
+    items = (0).to_bytes(4, "little") + (10).to_bytes(2, "little") + (2).to_bytes(2, "little")
+    items += bytes(4) + (0xB2).to_bytes(2, "little") + len(cip).to_bytes(2, "little") + cip
+    return (0x6F).to_bytes(2, "little") + len(items).to_bytes(2, "little") + bytes(20) + items
+
+
+def test_a_write_routed_through_an_unconnected_send_is_decoded() -> None:
+    """CIP Vol 1 3-5.6.1: a Set Attribute Single to the Identity object of the PLC in slot 3 of a backplane."""
+    embedded = bytes([0x10, 0x03, 0x20, 0x01, 0x24, 0x01, 0x30, 0x05, 0x01])  # Set Attribute Single, 1/1/5, value
+    route = bytes([0x01, 0x00, 0x01, 0x03])  # one word: port 1 (backplane), link 3
+    body = bytes([0x07, 0xE9]) + len(embedded).to_bytes(2, "little") + embedded + b"\x00" + route
+    unconnected_send = bytes([0x52, 0x02, 0x20, 0x06, 0x24, 0x01]) + body
+    rows = [e.fields for e in EnipStreamSession().feed(send_rr_data(unconnected_send), Direction.TO_SERVER, 0.0)]
+    cip = [r for r in rows if "service_code" in r]
+    assert [(r["service_code"], r["embedded"], r["controls_device"]) for r in cip] == [
+        (0x52, False, False),
+        (0x10, True, True),
+    ]
+    assert (cip[1]["class_id"], cip[1]["instance_id"], cip[1]["attribute_id"]) == (1, 1, 5)
+    cut = unconnected_send[: -len(route) - 3]
+    events = EnipStreamSession().feed(send_rr_data(cut), Direction.TO_SERVER, 0.0)
+    assert [e.fields["code"] for e in events if e.table == "anomaly"] == ["malformed_unconnected_send"]

@@ -44,7 +44,7 @@ CIP_SCHEMA = pa.schema(
         _field("sequence_count", pa.int32(), "connected messaging: CIP sequence count"),
         _field("service_code", pa.int16(), "CIP service without the response bit"),
         _field("service", pa.string(), "service name (Get Attribute Single, Forward Open, Read Tag ...)"),
-        _field("embedded", pa.bool_(), "one of the services inside a Multiple Service Packet"),
+        _field("embedded", pa.bool_(), "carried inside a Multiple Service Packet or an Unconnected Send"),
         _field("controls_device", pa.bool_(), "the service writes, resets, starts, stops, creates or deletes"),
         _field("class_id", pa.int32(), "request path: class"),
         _field("class_name", pa.string(), "request path: class name"),
@@ -139,7 +139,7 @@ def _epath(path: bytes) -> dict[str, object]:
 
 
 def cip_messages(data: bytes, connected: bool, embedded: bool = False) -> list[Event]:
-    """One CIP message, and the services inside a Multiple Service Packet."""
+    """One CIP message, and the messages it carries (Multiple Service Packet, Unconnected Send)."""
     if len(data) < 2:
         return [anomaly(PROTOCOL, "malformed_cip", f"CIP message of {len(data)} bytes")]
     service = data[0] & 0x7F
@@ -204,7 +204,23 @@ def cip_messages(data: bytes, connected: bool, embedded: bool = False) -> list[E
         for index, offset in enumerate(offsets):
             end = offsets[index + 1] if index + 1 < count else len(body)
             events += cip_messages(body[offset:end], connected, embedded=True)
+    elif service == 0x52 and not response and row.get("class_id") == 0x06:
+        events += _unconnected_send(body, connected)
     return events
+
+
+def _unconnected_send(body: bytes, connected: bool) -> list[Event]:
+    """The request an Unconnected Send routes to another device (CIP Vol 1 3-5.6.1).
+
+    A write or a mode change sent through a gateway or a ControlLogix backplane travels inside one, so it must be
+    decoded like a direct request. The reply comes back as the embedded service's own response.
+    """
+    if len(body) < 4:
+        return [anomaly(PROTOCOL, "malformed_unconnected_send", f"Unconnected Send body of {len(body)} bytes")]
+    size = int.from_bytes(body[2:4], "little")
+    if 4 + size > len(body):
+        return [anomaly(PROTOCOL, "malformed_unconnected_send", f"embedded request of {size} bytes cut short")]
+    return cip_messages(body[4 : 4 + size], connected, embedded=True)
 
 
 def _identity(item: bytes) -> dict[str, object] | None:
@@ -372,11 +388,19 @@ class EnipTcpDecoder(Decoder):
     }
 
     def probe(self, payload: bytes, direction: Direction, server_port: int) -> bool:
-        """A known command with a length that fits (exactly, off the EtherNet/IP port)."""
+        """A known command whose length fits; off the EtherNet/IP port, whole messages that end with the payload.
+
+        Proprietary protocols with a 4-byte little-endian length header start like an encapsulation header
+        with a small command code, so a header alone is not enough on another port.
+        """
         if not _looks_like_encapsulation(payload):
             return False
-        length = payload[2] | (payload[3] << 8)
-        return server_port == 44818 or len(payload) >= 24 + length
+        if server_port == 44818:
+            return True
+        position = 0
+        while position + 24 <= len(payload) and _looks_like_encapsulation(payload[position:]):
+            position += 24 + (payload[position + 2] | (payload[position + 3] << 8))
+        return position == len(payload)
 
     def session(self) -> Session:
         return EnipStreamSession()
