@@ -6,12 +6,15 @@ from quaywatch.decode.bacnet import BacnetDecoder
 from quaywatch.decode.base import Decoder
 from quaywatch.decode.dnp3 import Dnp3TcpDecoder, Dnp3UdpDecoder
 from quaywatch.decode.enip import EnipTcpDecoder, EnipUdpDecoder
+from quaywatch.decode.http import HttpDecoder
 from quaywatch.decode.iec104 import Iec104Decoder
 from quaywatch.decode.modbus import ModbusDecoder
 from quaywatch.decode.mqtt import MqttDecoder
 from quaywatch.decode.opcua import OpcuaDecoder
 from quaywatch.decode.profinet_dcp import ProfinetDcpDecoder
 from quaywatch.decode.s7comm import S7Decoder
+from quaywatch.decode.ssh import SshDecoder
+from quaywatch.decode.tls import TlsDecoder
 
 
 def all_decoders() -> list[Decoder]:
@@ -27,5 +30,8 @@ def all_decoders() -> list[Decoder]:
         Dnp3TcpDecoder(),
         Dnp3UdpDecoder(),
         ProfinetDcpDecoder(),
+        TlsDecoder(),
+        SshDecoder(),
+        HttpDecoder(),
         BacnetDecoder(),
     ]
