@@ -141,3 +141,11 @@ class Decoder(ABC):
     @abstractmethod
     def session(self) -> Session:
         """A fresh session for one flow."""
+
+    def session_for(self, server_port: int) -> Session:
+        """A fresh session for a flow to ``server_port``.
+
+        For the rare protocol whose framing depends on the port (GTP' and GTP-C share a header); a decoder
+        stays stateless, so the port reaches the session here rather than through ``probe``.
+        """
+        return self.session()

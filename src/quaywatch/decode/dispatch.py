@@ -246,7 +246,9 @@ class Dispatcher:
             "transport": TRANSPORT_NAMES.get(transport, str(transport)),
         }
         streams = (StreamReassembler(), StreamReassembler()) if decoder.transport == "tcp" else None
-        self.sessions[int(flow_row["uid"])] = _FlowSession(index, decoder.session(), envelope, streams)
+        self.sessions[int(flow_row["uid"])] = _FlowSession(
+            index, decoder.session_for(int(flow_row["server_port"])), envelope, streams
+        )
 
     def _deliver(
         self, flow_session: _FlowSession, piece: StreamData | StreamGap, side: Direction, timestamp: int, number: int

@@ -5,16 +5,25 @@ from __future__ import annotations
 from quaywatch.decode.bacnet import BacnetDecoder
 from quaywatch.decode.base import Decoder
 from quaywatch.decode.dnp3 import Dnp3TcpDecoder, Dnp3UdpDecoder
+from quaywatch.decode.dns import DnsTcpDecoder, DnsUdpDecoder
 from quaywatch.decode.enip import EnipTcpDecoder, EnipUdpDecoder
+from quaywatch.decode.gtp import GtpDecoder
 from quaywatch.decode.http import HttpDecoder
 from quaywatch.decode.iec104 import Iec104Decoder
+from quaywatch.decode.ike import IkeDecoder
 from quaywatch.decode.modbus import ModbusDecoder
 from quaywatch.decode.mqtt import MqttDecoder
 from quaywatch.decode.opcua import OpcuaDecoder
+from quaywatch.decode.openvpn import OpenvpnTcpDecoder, OpenvpnUdpDecoder
+from quaywatch.decode.pptp import PptpDecoder
 from quaywatch.decode.profinet_dcp import ProfinetDcpDecoder
+from quaywatch.decode.rdp import RdpDecoder
 from quaywatch.decode.s7comm import S7Decoder
 from quaywatch.decode.ssh import SshDecoder
+from quaywatch.decode.teamviewer import TeamviewerTcpDecoder, TeamviewerUdpDecoder
 from quaywatch.decode.tls import TlsDecoder
+from quaywatch.decode.vnc import VncDecoder
+from quaywatch.decode.wireguard import WireguardDecoder
 
 
 def all_decoders() -> list[Decoder]:
@@ -22,6 +31,14 @@ def all_decoders() -> list[Decoder]:
     return [
         ModbusDecoder(),
         S7Decoder(),
+        RdpDecoder(),
+        VncDecoder(),
+        PptpDecoder(),
+        GtpDecoder(),
+        IkeDecoder(),
+        WireguardDecoder(),
+        OpenvpnUdpDecoder(),
+        OpenvpnTcpDecoder(),
         EnipTcpDecoder(),
         EnipUdpDecoder(),
         MqttDecoder(),
@@ -30,8 +47,12 @@ def all_decoders() -> list[Decoder]:
         Dnp3TcpDecoder(),
         Dnp3UdpDecoder(),
         ProfinetDcpDecoder(),
+        BacnetDecoder(),
+        DnsUdpDecoder(),
+        DnsTcpDecoder(),
         TlsDecoder(),
         SshDecoder(),
         HttpDecoder(),
-        BacnetDecoder(),
+        TeamviewerTcpDecoder(),
+        TeamviewerUdpDecoder(),
     ]

@@ -261,6 +261,8 @@ class S7Decoder(Decoder):
         if length < 7 or (length > len(payload) and server_port != 102):
             return False
         header_length = payload[4]
+        if payload[5] >> 4 in (0xE, 0xD) and header_length > 6 and len(payload) > 11 and payload[11] < 0x80:
+            return False  # CR/CC whose variable part is no ISO 8073 parameter (codes >= 0x80): RDP's cookie/RDP_NEG
         return 1 <= header_length <= length - 5 and payload[5] >> 4 in COTP_TYPES
 
     def session(self) -> Session:
