@@ -273,6 +273,7 @@ class Analyzer:
             sender_ip = address_strings(rows_arp["source_high"], rows_arp["source_low"])
             target_ip = address_strings(rows_arp["destination_high"], rows_arp["destination_low"])
             vlan = rows_arp["vlan_outer"]
+            target_mac = [m or "00:00:00:00:00:00" for m in mac_strings(rows_arp["arp_target_mac"])]
             columns = {
                 "capture_id": [result.capture_id] * arp.shape[0],
                 "ts": (timestamps[arp] // 1000).tolist(),
@@ -285,9 +286,15 @@ class Analyzer:
                 "source_mac": mac_strings(rows_arp["source_mac"]),
                 "sender_mac": mac_strings(rows_arp["arp_sender_mac"]),
                 "sender_ip": sender_ip,
-                "target_mac": [m or "00:00:00:00:00:00" for m in mac_strings(rows_arp["arp_target_mac"])],
+                "target_mac": target_mac,
                 "target_ip": target_ip,
                 "gratuitous": [s == t for s, t in zip(sender_ip, target_ip, strict=True)],
+                "kind": [
+                    _arp_kind(op, s, t, m)
+                    for op, s, t, m in zip(
+                        rows_arp["arp_operation"].tolist(), sender_ip, target_ip, target_mac, strict=True
+                    )
+                ],
             }
             self.store.append("arp", pa.table(columns).cast(_subset(ARP_SCHEMA, columns)))
 
@@ -315,6 +322,20 @@ class Analyzer:
             "detail": [i[2] for i in items],
         }
         self.store.append(ANOMALY_TABLE, pa.table(rows).cast(_subset(self.store.schemas[ANOMALY_TABLE], rows)))
+
+
+def _arp_kind(operation: int, sender_ip: str, target_ip: str, target_mac: str) -> str:
+    """RFC 5227's names: a probe asks from 0.0.0.0 (2.1.1); an announcement asks for its own address with the
+    target MAC zero (2.3, as tshark's arp.isannouncement); the older gratuitous request form has another target MAC."""
+    if operation == 1:
+        if sender_ip == "0.0.0.0":
+            return "probe"
+        if sender_ip == target_ip:
+            return "announcement" if target_mac == "00:00:00:00:00:00" else "gratuitous request"
+        return "request"
+    if operation == 2:
+        return "gratuitous reply" if sender_ip == target_ip else "reply"
+    return f"operation-{operation}"
 
 
 def _subset(schema: pa.Schema, columns: dict[str, object]) -> pa.Schema:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from quaywatch.decode.bacnet import BacnetDecoder
 from quaywatch.decode.base import Decoder
+from quaywatch.decode.cdp import CdpDecoder
+from quaywatch.decode.dhcp import DhcpDecoder
+from quaywatch.decode.dhcp.v6 import Dhcpv6Decoder
 from quaywatch.decode.dnp3 import Dnp3TcpDecoder, Dnp3UdpDecoder
 from quaywatch.decode.dns import DnsTcpDecoder, DnsUdpDecoder
 from quaywatch.decode.enip import EnipTcpDecoder, EnipUdpDecoder
@@ -11,6 +14,7 @@ from quaywatch.decode.gtp import GtpDecoder
 from quaywatch.decode.http import HttpDecoder
 from quaywatch.decode.iec104 import Iec104Decoder
 from quaywatch.decode.ike import IkeDecoder
+from quaywatch.decode.lldp import LldpDecoder
 from quaywatch.decode.modbus import ModbusDecoder
 from quaywatch.decode.mqtt import MqttDecoder
 from quaywatch.decode.opcua import OpcuaDecoder
@@ -47,7 +51,11 @@ def all_decoders() -> list[Decoder]:
         Dnp3TcpDecoder(),
         Dnp3UdpDecoder(),
         ProfinetDcpDecoder(),
+        LldpDecoder(),
+        CdpDecoder(),
         BacnetDecoder(),
+        DhcpDecoder(),
+        Dhcpv6Decoder(),
         DnsUdpDecoder(),
         DnsTcpDecoder(),
         TlsDecoder(),

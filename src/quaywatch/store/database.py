@@ -78,9 +78,44 @@ ARP_SCHEMA = event_schema(
             pa.field("target_mac", pa.string(), False),
             pa.field("target_ip", pa.string(), False),
             pa.field("gratuitous", pa.bool_(), False, {"doc": "sender announces its own address"}),
+            pa.field(
+                "kind",
+                pa.string(),
+                True,
+                {
+                    "doc": "request, reply, probe (RFC 5227 2.1.1: request from 0.0.0.0), announcement (RFC 5227 "
+                    "2.3: request with sender IP = target IP, target MAC zero), gratuitous request (the same with "
+                    "another target MAC), gratuitous reply (sender IP = target IP)"
+                },
+            ),
         ]
     )
 )
+
+#: Per IP address, each MAC address that claimed it (ARP sender fields; probes from 0.0.0.0 left out), with first
+#: and last time seen and counts: the IP-to-MAC history. Several MACs for one IP is a conflict, a failover or a spoof.
+ARP_HISTORY_VIEW = """
+CREATE OR REPLACE VIEW arp_history AS
+SELECT
+    sender_ip AS ip,
+    sender_mac AS mac,
+    vlan,
+    min(ts) AS first_seen,
+    max(ts) AS last_seen,
+    count(*) AS packets,
+    count(*) FILTER (WHERE operation = 'request') AS requests,
+    count(*) FILTER (WHERE operation = 'reply') AS replies,
+    count(*) FILTER (WHERE gratuitous) AS gratuitous,
+    count(DISTINCT capture_id) AS captures,
+    count(*) OVER (PARTITION BY sender_ip, vlan) AS macs_for_ip
+FROM arp
+WHERE sender_ip <> '0.0.0.0'
+GROUP BY sender_ip, sender_mac, vlan
+ORDER BY
+    try_cast(split_part(ip, '.', 1) AS INTEGER), try_cast(split_part(ip, '.', 2) AS INTEGER),
+    try_cast(split_part(ip, '.', 3) AS INTEGER), try_cast(split_part(ip, '.', 4) AS INTEGER),
+    ip, vlan NULLS FIRST, first_seen, mac
+"""
 
 
 class StoreError(Exception):
@@ -118,11 +153,15 @@ class Store:
         self.ensure_table("captures", CAPTURES_SCHEMA)
         self.ensure_table("flows", flow_schema)
         self.ensure_table("arp", ARP_SCHEMA)
+        # Databases written before the column existed get it, so new rows can be inserted by name.
+        self.connection.execute('ALTER TABLE arp ADD COLUMN IF NOT EXISTS "kind" VARCHAR')
+        self.connection.execute(ARP_HISTORY_VIEW)
         self.ensure_table(ANOMALY_TABLE, event_schema(ANOMALY_SCHEMA))
 
     def tables(self) -> list[str]:
         rows = self.connection.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main' ORDER BY 1"
+            "SELECT table_name FROM information_schema.tables "
+            "WHERE table_schema = 'main' AND table_type = 'BASE TABLE' ORDER BY 1"
         ).fetchall()
         return [row[0] for row in rows]
 

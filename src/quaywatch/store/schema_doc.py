@@ -23,6 +23,34 @@ def _table(name: str, schema: pa.Schema, intro: str) -> list[str]:
     return lines
 
 
+def _arp_history() -> list[str]:
+    """The ``arp_history`` view (``database.ARP_HISTORY_VIEW``): a query over ``arp``, not a stored table."""
+    columns = [
+        ("ip", "ARP sender IP address (probes from 0.0.0.0 left out)"),
+        ("mac", "a sender MAC address that claimed it"),
+        ("vlan", "outer VLAN id, NULL if untagged"),
+        ("first_seen", "first packet of this IP/MAC pair"),
+        ("last_seen", "last packet of this IP/MAC pair"),
+        ("packets", "ARP packets with this pair"),
+        ("requests", "of them requests"),
+        ("replies", "of them replies"),
+        ("gratuitous", "of them gratuitous (sender IP = target IP)"),
+        ("captures", "captures it was seen in"),
+        ("macs_for_ip", "MACs that claimed this IP in this VLAN (more than 1: conflict, failover or spoof)"),
+    ]
+    lines = [
+        "## `arp_history` (view)",
+        "",
+        "The IP-to-MAC history from `arp`, one row per IP, VLAN and MAC, ordered by IP, VLAN and first_seen.",
+        "",
+        "| column | meaning |",
+        "|---|---|",
+    ]
+    lines += [f"| `{name}` | {doc} |" for name, doc in columns]
+    lines.append("")
+    return lines
+
+
 def render() -> str:
     lines = [
         "# Store schema",
@@ -40,6 +68,7 @@ def render() -> str:
     lines += _table("captures", CAPTURES_SCHEMA, "One row per capture file analysed.")
     lines += _table("flows", FLOW_SCHEMA, "Bidirectional flows.")
     lines += _table("arp", ARP_SCHEMA, "ARP requests and replies, decoded by the ingest stage.")
+    lines += _arp_history()
     lines += _table(ANOMALY_TABLE, event_schema(ANOMALY_SCHEMA), "Malformed packets and decoder anomalies.")
     documented: set[str] = set()
     for decoder in all_decoders():
