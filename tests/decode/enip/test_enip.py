@@ -237,3 +237,49 @@ def test_a_write_routed_through_an_unconnected_send_is_decoded() -> None:
     cut = unconnected_send[: -len(route) - 3]
     events = EnipStreamSession().feed(send_rr_data(cut), Direction.TO_SERVER, 0.0)
     assert [e.fields["code"] for e in events if e.table == "anomaly"] == ["malformed_unconnected_send"]
+
+
+def io_datagram(connection: int, sequence: int, data: bytes, count: int = 2, address_type: int = 0x8002) -> bytes:
+    item = count.to_bytes(2, "little") + address_type.to_bytes(2, "little") + (8).to_bytes(2, "little")
+    item += connection.to_bytes(4, "little") + sequence.to_bytes(4, "little")
+    return item + (0x00B1).to_bytes(2, "little") + len(data).to_bytes(2, "little") + data
+
+
+def test_vectorised_io_equals_the_session_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatcher's vectorised path for cyclic I/O gives the rows the session gives, and leaves every
+    datagram of another shape (a second item count, another address type, a length that does not end the
+    datagram, a cut header) to the session, whose anomalies stay."""
+    from quaywatch.decode.dispatch import Dispatcher
+    from tests.factories import udp_frame, write_pcap
+
+    payloads = [io_datagram(0x10 + i % 3, i, bytes([i % 256]) * (i % 40)) for i in range(300)]
+    payloads += [
+        io_datagram(1, 1, b"odd", count=3),
+        io_datagram(1, 2, b"odd", address_type=0x8001),
+        io_datagram(1, 3, b"odd") + b"\x00",
+        io_datagram(1, 4, b"odd")[:15],
+    ]
+    frames = [
+        (1_700_000_000 + i / 100, udp_frame("10.1.0.5", "10.1.0.9", 2222, 2222, p)) for i, p in enumerate(payloads)
+    ]
+    capture = write_pcap(tmp_path / "io.pcap", frames)
+    results = []
+    for vectorised in (True, False):
+        monkeypatch.setattr(Dispatcher, "VECTORISED", vectorised)
+        store = Store(tmp_path / f"io-{vectorised}.duckdb")
+        Analyzer(store, decoders=[EnipUdpDecoder()]).analyze(capture)
+        results.append(
+            [
+                store.connection.execute(f"SELECT * EXCLUDE (capture_id) FROM {t} ORDER BY packet_number").fetchall()
+                for t in ("cip_io", "anomaly")
+            ]
+        )
+        store.close()
+    assert results[0] == results[1]
+    io_rows, _ = results[0]
+    assert len(io_rows) == len(payloads)  # the session reads whatever items the odd ones have
+    names = ["ts", "packet_number", "flow_id", "community_id", "client_ip", "client_port", "server_ip"]
+    names += ["server_port", "transport", "direction", "event_type", "connection_id", "sequence_number"]
+    first = dict(zip([*names, "data_length", "data"], io_rows[7], strict=True))
+    assert (first["packet_number"], first["connection_id"], first["sequence_number"]) == (8, 0x11, 7)
+    assert (first["data"], first["data_length"], first["event_type"]) == (b"\x07" * 7, 7, "io")
