@@ -431,16 +431,18 @@ def test_header_walker_on_random_frames(data: st.DataObject, link_type: int) -> 
 # -- the same tests with numba's bounds checks ------------------------------------------------------------
 
 
-@pytest.mark.skipif(not BOUNDS_CHECKED, reason="only in the NUMBA_BOUNDSCHECK=1 subprocess")
-def test_bounds_checks_are_active() -> None:
-    from numba import njit
+if BOUNDS_CHECKED:  # collected only in the NUMBA_BOUNDSCHECK=1 subprocess, not reported as skipped elsewhere
 
-    @njit
-    def read(values: np.ndarray, index: int) -> int:
-        return values[index]
+    @pytest.mark.fuzz
+    def test_bounds_checks_are_active() -> None:
+        from numba import njit
 
-    with pytest.raises(IndexError):
-        read(np.zeros(4, np.uint8), 4)
+        @njit
+        def read(values: np.ndarray, index: int) -> int:
+            return values[index]
+
+        with pytest.raises(IndexError):
+            read(np.zeros(4, np.uint8), 4)
 
 
 @pytest.mark.skipif(BOUNDS_CHECKED, reason="already running with NUMBA_BOUNDSCHECK=1")
@@ -457,7 +459,7 @@ def test_fuzz_again_with_numba_bounds_checks(tmp_path: Path) -> None:
     process = subprocess.run(
         [
             sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-            "-p", "no:randomly", "--basetemp", str(tmp_path / "run"), "-m", "fuzz",
+            "-p", "no:randomly", "--basetemp", str(tmp_path / "run"), "-m", "fuzz", "-rA",
         ],
         capture_output=True, text=True, env=environment, cwd=Path(__file__).parents[2], timeout=1800,
     )  # fmt: skip
@@ -465,6 +467,7 @@ def test_fuzz_again_with_numba_bounds_checks(tmp_path: Path) -> None:
     print(f"\nwith NUMBA_BOUNDSCHECK=1: {summary}")
     assert process.returncode == 0, process.stdout[-6000:] + process.stderr[-3000:]
     assert " passed" in summary and "failed" not in summary
+    assert "PASSED tests/ingest/test_fuzz_readers.py::test_bounds_checks_are_active" in process.stdout
 
 
 # -- regression corpus ---------------------------------------------------------------------------------------
