@@ -151,3 +151,18 @@ def test_an_acknowledgement_past_a_hole_declares_the_gap_at_once(tmp_path: Path)
     assert ("after", 3) in rows and ("later", 4) in rows
     (gap_packet,) = store.connection.execute("SELECT packet_number FROM anomaly WHERE code = 'stream_gap'").fetchone()
     assert gap_packet == 3
+
+
+def test_registered_tables_fit_the_envelope_and_each_other() -> None:
+    """A decoder column named like an envelope field fails only at write time, with pyarrow's "duplicate field
+    names"; a table that two decoders fill (remote_access, cleartext_credentials, cip_io) needs one schema."""
+    from quaywatch.decode.registry import all_decoders
+    from quaywatch.store.database import ENVELOPE_FIELDS
+
+    envelope = {f.name for f in ENVELOPE_FIELDS}
+    seen: dict[str, pa.Schema] = {}
+    for decoder in all_decoders():
+        for name, schema in decoder.tables.items():
+            assert not envelope & set(schema.names), f"{decoder.name}.{name} repeats {envelope & set(schema.names)}"
+            assert len(set(schema.names)) == len(schema.names), f"{decoder.name}.{name} repeats a column"
+            assert seen.setdefault(name, schema).equals(schema), f"{name} declared differently by {decoder.name}"
