@@ -1,8 +1,8 @@
 """The shared ``remote_access`` table: one row per flow identified as remote access or a tunnel.
 
-Every remote-access and tunnel decoder (RDP, VNC, TeamViewer, OpenVPN, WireGuard, IKE, PPTP, GTP) lists this
-table in its ``tables`` and emits one row per flow, with what in the bytes identified it, so that later
-detections ("a vendor remote session into a crane PC", "a hidden modem's VPN") need no protocol knowledge.
+Every remote-access and tunnel decoder (RDP, VNC, TeamViewer, OpenVPN, WireGuard, IKE, PPTP, GTP, and TLS for
+AnyDesk) lists this table in its ``tables`` and emits one row per flow, with what in the bytes identified it,
+so that later detections ("a vendor remote session into a crane PC", "a hidden modem's VPN") need no protocol knowledge.
 The dispatcher and the store merge tables by name, so every decoder declares the same schema object.
 """
 
@@ -19,6 +19,7 @@ METHODS = (
     "rdp",
     "vnc",
     "teamviewer",
+    "anydesk",
     "openvpn",
     "wireguard",
     "ike",
@@ -35,7 +36,11 @@ def _field(name: str, kind: pa.DataType, doc: str) -> pa.Field:
 
 SCHEMA = pa.schema(
     [
-        _field("method", pa.string(), "rdp, vnc, teamviewer, openvpn, wireguard, ike, pptp, gtp_u, gtp_c, gtp_prime"),
+        _field(
+            "method",
+            pa.string(),
+            "rdp, vnc, teamviewer, anydesk, openvpn, wireguard, ike, pptp, gtp_u, gtp_c, gtp_prime",
+        ),
         _field("evidence", pa.string(), "what in the bytes identified the protocol (short text)"),
         _field("version", pa.string(), "protocol version seen, e.g. RFB 003.008, IKEv2, GTPv1"),
         _field("user_name", pa.string(), "user name the protocol revealed (RDP cookie mstshash=), as received"),

@@ -242,3 +242,36 @@ def test_one_byte_at_a_time_on_openssl_handshakes(tmp_path: Path) -> None:
     assert replay(TlsSession(), stream, one_byte=True) == whole
     assert len([e for e in whole if e.table == "tls_certificate"]) == 3
     assert not [e for e in whole if e.table == "anomaly"]
+
+
+def test_anydesk_is_identified_by_its_certificate_or_its_relay_name(tmp_path: Path) -> None:
+    """AnyDesk's sessions are TLS: a certificate with subject CN=AnyDesk Client (TLS 1.2, the certificate is in
+    clear) or a ClientHello naming one of its relays makes one remote_access row; an ordinary server none."""
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.decode.tls import synthetic
+    from tests.decode.tls.common import analyse
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = synthetic._certificate("AnyDesk Client", "AnyDesk Client", key, key, 0x42, leaf=False)
+    certfile, keyfile = tmp_path / "anydesk.pem", tmp_path / "anydesk-key.pem"
+    certfile.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    keyfile.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    anydesk = synthetic.Chain(certfile, keyfile, [certificate])
+    ordinary = synthetic.make_chain(tmp_path)
+    capture = tmp_path / "anydesk.pcap"
+    synthetic.write_pcap(
+        capture,
+        [
+            (50001, 7070, synthetic.handshake(anydesk, ssl.TLSVersion.TLSv1_2, None, [])),
+            (50002, 443, synthetic.handshake(ordinary, ssl.TLSVersion.TLSv1_3, "relay-5f3a.net.anydesk.com", [])),
+            (50003, 443, synthetic.handshake(ordinary, ssl.TLSVersion.TLSv1_2, "crane4.terminal.example", [])),
+        ],
+    )
+    rows = analyse(tmp_path, capture)["remote_access"]
+    assert [(r["client_port"], r["method"]) for r in rows] == [(50001, "anydesk"), (50002, "anydesk")]
+    assert "CN=AnyDesk Client" in rows[0]["evidence"] and "net.anydesk.com" in rows[1]["evidence"]

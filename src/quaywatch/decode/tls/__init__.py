@@ -21,6 +21,7 @@ from typing import ClassVar
 
 import pyarrow as pa
 
+from quaywatch.decode import remote_access
 from quaywatch.decode.base import Decoder, Direction, Event, Session, anomaly
 from quaywatch.decode.tls import fingerprints as fp
 from quaywatch.decode.tls.certificates import CERTIFICATE_SCHEMA, certificate_rows
@@ -158,7 +159,12 @@ SCHEMA = pa.schema(
         _field("encrypted_handshake_records", pa.int64(), "summary: encrypted handshake records, both directions"),
     ]
 )
-TABLES = {PROTOCOL: SCHEMA, CERTIFICATE_TABLE: CERTIFICATE_SCHEMA}
+TABLES = {PROTOCOL: SCHEMA, CERTIFICATE_TABLE: CERTIFICATE_SCHEMA, remote_access.TABLE: remote_access.SCHEMA}
+
+#: AnyDesk's self-signed certificates (client and server) carry this subject, which the Emerging Threats Open
+#: ruleset's AnyDesk policy rules match (tls.cert_subject); its relays are named under net.anydesk.com.
+ANYDESK_SUBJECT = "CN=AnyDesk Client"
+ANYDESK_DOMAIN = ".anydesk.com"
 
 
 class Malformed(ValueError):
@@ -380,6 +386,7 @@ class TlsSession(Session):
         self.sides = {Direction.TO_SERVER: _Side(), Direction.TO_CLIENT: _Side()}
         self.encrypted_handshakes = 0
         self.tls13 = False
+        self.remote_access_reported = False
 
     def feed(self, data: bytes, direction: Direction, timestamp: float) -> list[Event]:
         side = self.sides[direction]
@@ -498,13 +505,26 @@ class TlsSession(Session):
                 certificates, events = certificate_rows(body)
                 table_rows = [Event(CERTIFICATE_TABLE, "certificate", c) for c in certificates]
                 row = {**head, "handshake_type": kind, "handshake_length": len(body), "certificates": len(certificates)}
+                subject = str(certificates[0].get("subject") or "") if certificates else ""
+                if ANYDESK_SUBJECT in subject.split(","):
+                    events = [*self._remote_access(f"certificate subject {subject}"), *events]
                 return [Event(PROTOCOL, name, row), *table_rows, *events]
             else:
                 return []
         except Malformed as error:
             return [anomaly(PROTOCOL, f"bad_{name}", f"{direction.name}: {error}")]
         row.update(head, handshake_type=kind, handshake_length=len(body), sslv2_format=False)
+        server_name = str(row.get("server_name") or "").lower()
+        if kind == 1 and (server_name == "anydesk.com" or server_name.endswith(ANYDESK_DOMAIN)):
+            events = [*self._remote_access(f"SNI {row['server_name']}"), *events]
         return [Event(PROTOCOL, name, row), *events]
+
+    def _remote_access(self, evidence: str) -> list[Event]:
+        """AnyDesk runs its sessions over TLS: its certificates and its relays' names give it away."""
+        if self.remote_access_reported:
+            return []
+        self.remote_access_reported = True
+        return [remote_access.remote_access("anydesk", evidence, version="AnyDesk")]
 
     def gap(self, direction: Direction, length: int) -> list[Event]:
         side = self.sides[direction]
