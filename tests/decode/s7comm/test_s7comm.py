@@ -213,6 +213,13 @@ def test_probe() -> None:
     assert decoder.probe(connection_request, Direction.TO_SERVER, 1102)
     assert not decoder.probe(b"GET / HTTP/1.1\r\n\r\n", Direction.TO_SERVER, 102)
     assert not decoder.probe(bytes.fromhex("000100000006010300000001"), Direction.TO_SERVER, 102)  # Modbus
+    # IEC 61850 MMS shares ISO-on-TCP port 102 (nDPI's iso9506-1-mms.pcap): its TSAPs are 0x0001 and its data
+    # TPDUs carry ISO 8327 sessions, not S7comm's 0x32 or S7comm-plus's 0x72.
+    mms_request = bytes.fromhex("0300001611e00000077800c1020001c2020001c0010d")
+    mms_data = bytes.fromhex("030000a702f0800d9e0506130100160102140200023302000134020001")
+    assert not decoder.probe(mms_request, Direction.TO_SERVER, 102)
+    assert not decoder.probe(mms_data, Direction.TO_SERVER, 102)
+    assert decoder.probe(bytes.fromhex("0300001902f08032010000050000080000f0000001000101e0"), Direction.TO_SERVER, 102)
 
 
 def test_plc_stop_is_marked_as_controlling_the_plc() -> None:

@@ -245,6 +245,17 @@ def _as_bytes(value: object) -> bytes:
     return value if isinstance(value, bytes) else b""
 
 
+def _called_tsap(parameters: bytes) -> bytes:
+    """The called TSAP (parameter 0xC2) of a COTP CR/CC variable part (ISO 8073 13.3.4), or b"" if none."""
+    position = 0
+    while position + 2 <= len(parameters):
+        code, size = parameters[position], parameters[position + 1]
+        if code == 0xC2:
+            return bytes(parameters[position + 2 : position + 2 + size])
+        position += 2 + size
+    return b""
+
+
 class S7Decoder(Decoder):
     """S7comm/S7comm-plus, found by TPKT + COTP structure whatever the port."""
 
@@ -263,7 +274,12 @@ class S7Decoder(Decoder):
         header_length = payload[4]
         if payload[5] >> 4 in (0xE, 0xD) and header_length > 6 and len(payload) > 11 and payload[11] < 0x80:
             return False  # CR/CC whose variable part is no ISO 8073 parameter (codes >= 0x80): RDP's cookie/RDP_NEG
-        return 1 <= header_length <= length - 5 and payload[5] >> 4 in COTP_TYPES
+        kind, data_start = payload[5] >> 4, 5 + header_length
+        if kind == 0xF and len(payload) > data_start and payload[data_start] not in (0x32, 0x72):
+            return False  # a data TPDU of another ISO-on-TCP protocol (IEC 61850 MMS, ICCP): not S7comm's 0x32/0x72
+        if kind in (0xE, 0xD) and _called_tsap(payload[11:data_start])[:1] == b"\x00":
+            return False  # S7 TSAPs start with a connection type (1 PG, 2 OP, 3 S7 basic ...); MMS uses 0x0001
+        return 1 <= header_length <= length - 5 and kind in COTP_TYPES
 
     def session(self) -> Session:
         return S7Session()
