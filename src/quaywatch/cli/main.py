@@ -25,6 +25,7 @@ from rich.table import Table
 
 from quaywatch import __version__
 from quaywatch.analysis import Analyzer, CaptureResult, expand_inputs
+from quaywatch.cli.provenance import provenance
 from quaywatch.cli.text import terminal_safe
 from quaywatch.decode.registry import all_decoders
 from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
@@ -261,6 +262,9 @@ def export(file_format: str, directory: Path, database: Path) -> None:
         sys.exit(EXIT_STORE)
     for path in written:
         click.echo(str(path))
+
+
+main.add_command(provenance)
 
 
 if __name__ == "__main__":

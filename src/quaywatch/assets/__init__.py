@@ -1,0 +1,1 @@
+"""Asset inventory building blocks: OUI registry lookups and vendor provenance."""

@@ -1,0 +1,1 @@
+"""Vendor provenance knowledge base (YAML data files, loaded by quaywatch.assets.provenance)."""
