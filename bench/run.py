@@ -252,14 +252,15 @@ DECODER_CASES = {
 }
 
 
-def _frames(capture: Path) -> list[bytes]:
+def _frames(capture: Path) -> tuple[int, list[bytes]]:
+    """The capture's link type and its frames."""
     import dpkt
 
     with capture.open("rb") as handle:
         magic = handle.read(4)
         handle.seek(0)
         reader = dpkt.pcapng.Reader(handle) if magic == b"\x0a\x0d\x0d\x0a" else dpkt.pcap.Reader(handle)
-        return [bytes(frame) for _, frame in reader]
+        return reader.datalink(), [bytes(frame) for _, frame in reader]
 
 
 def _payloads(capture: Path, transport: str, port: int) -> list[list[tuple[object, bytes]]]:
@@ -271,13 +272,14 @@ def _payloads(capture: Path, transport: str, port: int) -> list[list[tuple[objec
     from quaywatch.decode.base import Direction
 
     flows: dict[tuple[bytes, int], list[tuple[object, bytes]]] = defaultdict(list)
-    for frame in _frames(capture):
+    link_type, frames = _frames(capture)
+    for frame in frames:
         try:
-            ethernet = dpkt.ethernet.Ethernet(frame)
+            ethernet = dpkt.loopback.Loopback(frame) if link_type == 0 else dpkt.ethernet.Ethernet(frame)
         except (dpkt.NeedData, dpkt.UnpackError):
             continue
         if transport == "ethernet":
-            if ethernet.type == port:
+            if link_type != 0 and ethernet.type == port:
                 flows[(ethernet.src, 0)].append((Direction.TO_SERVER, frame[-len(ethernet.data) :]))
             continue
         ip = ethernet.data
