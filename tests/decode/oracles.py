@@ -3,15 +3,61 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+import itertools
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from quaywatch.decode.base import Direction, Event, Session
+from quaywatch.analysis import Analyzer
+from quaywatch.decode.base import Decoder, Direction, Event, Session
+from quaywatch.store.database import Store
 
 RESEARCH = Path(__file__).resolve().parents[2].parent / "shared" / "research-data"
 
 Row = dict[str, str | None]
+Record = dict[str, object]
+_STORES = itertools.count()
+
+
+def require(path: Path) -> Path:
+    """``path``, or a skip that names the missing research data."""
+    if not path.exists():
+        import pytest
+
+        pytest.skip(f"research data missing: {path}")
+    return path
+
+
+def query(store: Store, sql: str) -> list[Record]:
+    cursor = store.connection.execute(sql)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def analysed_tables(
+    tmp_path: Path,
+    capture: Path,
+    decoders: list[Decoder],
+    tables: Iterable[str],
+    order: dict[str, str] | None = None,
+) -> dict[str, list[Record]]:
+    """Run the real pipeline on ``capture`` into a fresh store and return the named tables as rows.
+
+    A table the run did not create is empty; rows are in ``order[table]`` (default: packet number). Every call
+    gets its own database, so analysing one capture twice (with other decoders) never finds it already done.
+    """
+    store = Store(tmp_path / f"{capture.stem}-{next(_STORES)}.duckdb")
+    Analyzer(store, decoders=decoders).analyze(require(capture))
+    listed = store.connection.execute("SELECT table_name FROM information_schema.tables").fetchall()
+    present = {row[0] for row in listed}
+    result = {
+        name: query(store, f'SELECT * FROM "{name}" ORDER BY {(order or {}).get(name, "packet_number")}')
+        if name in present
+        else []
+        for name in tables
+    }
+    store.close()
+    return result
 
 
 def read_log(path: Path) -> list[Row]:

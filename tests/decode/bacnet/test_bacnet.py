@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from quaywatch.decode.bacnet import TABLES, BacnetDecoder, BacnetSession
 from quaywatch.decode.bacnet import constants as c
 from quaywatch.decode.base import Direction, Event
-from tests.decode.bacnet.common import ICSNPP, ITI, NDPI, Record, analyse, require
+from tests.decode.bacnet.common import ICSNPP, ITI, NDPI, Record, analyse
+from tests.decode.oracles import require
 
 EXAMPLES = int(os.environ.get("QUAYWATCH_FUZZ_EXAMPLES", "100"))
 TABLE_NAMES = (*TABLES, "anomaly")

@@ -5,9 +5,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from quaywatch.analysis import Analyzer
 from quaywatch.decode.cdp import LLC_SNAP_CDP, CdpDecoder
-from quaywatch.store.database import Store
+from tests.decode.oracles import analysed_tables
 from tests.factories import write_pcap
 
 Record = dict[str, object]
@@ -89,15 +88,8 @@ def synthetic_frames() -> list[bytes]:
 
 def analyse(tmp_path: Path, capture: Path) -> tuple[list[Record], list[Record]]:
     """The cdp rows and the anomalies of one capture, in packet order."""
-    store = Store(tmp_path / f"{capture.stem}.duckdb")
-    Analyzer(store, decoders=[CdpDecoder()]).analyze(capture)
-    tables = []
-    for name in ("cdp", "anomaly"):
-        cursor = store.connection.execute(f"SELECT * FROM {name} ORDER BY packet_number")
-        names = [column[0] for column in cursor.description]
-        tables.append([dict(zip(names, row, strict=True)) for row in cursor.fetchall()])
-    store.close()
-    return tables[0], tables[1]
+    tables = analysed_tables(tmp_path, capture, [CdpDecoder()], ["cdp", "anomaly"])
+    return tables["cdp"], tables["anomaly"]
 
 
 def analyse_frames(tmp_path: Path, frames: list[bytes], name: str = "cdp") -> tuple[list[Record], list[Record]]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from quaywatch.analysis import Analyzer
 from quaywatch.decode.dhcp import DhcpDecoder
-from quaywatch.store.database import Store
+from tests.decode.oracles import analysed_tables
 from tests.factories import udp_frame, write_pcap
 
 Record = dict[str, object]
@@ -57,15 +56,8 @@ def server_frame(payload: bytes, source: str = "10.20.0.1", destination: str = "
 
 def analyse(tmp_path: Path, capture: Path) -> tuple[list[Record], list[Record]]:
     """The dhcp rows and the anomalies of one capture, in packet order."""
-    store = Store(tmp_path / f"{capture.stem}.duckdb")
-    Analyzer(store, decoders=[DhcpDecoder()]).analyze(capture)
-    tables = []
-    for name in ("dhcp", "anomaly"):
-        cursor = store.connection.execute(f"SELECT * FROM {name} ORDER BY packet_number")
-        names = [column[0] for column in cursor.description]
-        tables.append([dict(zip(names, row, strict=True)) for row in cursor.fetchall()])
-    store.close()
-    return tables[0], tables[1]
+    tables = analysed_tables(tmp_path, capture, [DhcpDecoder()], ["dhcp", "anomaly"])
+    return tables["dhcp"], tables["anomaly"]
 
 
 def analyse_frames(tmp_path: Path, frames: list[bytes], name: str = "dhcp") -> tuple[list[Record], list[Record]]:

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from quaywatch.analysis import Analyzer
 from quaywatch.decode.base import Decoder
 from quaywatch.decode.http import HttpDecoder
-from quaywatch.store.database import Store
-from tests.decode.oracles import RESEARCH
+from tests.decode.oracles import RESEARCH, analysed_tables
 
 ZEEK = RESEARCH / "zeek-btest/testing/btest"
 TSHARK = "/usr/bin/tshark"
@@ -38,18 +36,5 @@ def tshark(capture: Path, fields: list[str], extra: list[str]) -> list[list[str]
 
 def analyse(tmp_path: Path, capture: Path, decoders: list[Decoder] | None = None) -> tuple[list[Record], list[Record]]:
     """The http rows and the anomalies of one capture, in capture order, through the real pipeline."""
-    store = Store(tmp_path / f"{capture.stem}.duckdb")
-    Analyzer(store, decoders=decoders or [HttpDecoder()]).analyze(require(capture))
-    out = []
-    for table in ("http", "anomaly"):
-        exists = store.connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        ).fetchone()
-        if not (exists and exists[0]):
-            out.append([])
-            continue
-        cursor = store.connection.execute(f"SELECT * FROM {table} ORDER BY packet_number")
-        names = [column[0] for column in cursor.description]
-        out.append([dict(zip(names, row, strict=True)) for row in cursor.fetchall()])
-    store.close()
-    return out[0], out[1]
+    tables = analysed_tables(tmp_path, capture, decoders or [HttpDecoder()], ["http", "anomaly"])
+    return tables["http"], tables["anomaly"]

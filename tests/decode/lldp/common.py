@@ -5,10 +5,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from quaywatch.analysis import Analyzer
 from quaywatch.decode.lldp import LldpDecoder
-from quaywatch.store.database import Store
-from tests.decode.oracles import RESEARCH
+from tests.decode.oracles import RESEARCH, analysed_tables
 from tests.factories import write_pcap
 
 Record = dict[str, object]
@@ -93,15 +91,8 @@ def synthetic_frames() -> list[bytes]:
 
 def analyse(tmp_path: Path, capture: Path) -> tuple[list[Record], list[Record]]:
     """The lldp rows and the anomalies of one capture, in packet order."""
-    store = Store(tmp_path / f"{capture.stem}.duckdb")
-    Analyzer(store, decoders=[LldpDecoder()]).analyze(capture)
-    tables = []
-    for name in ("lldp", "anomaly"):
-        cursor = store.connection.execute(f"SELECT * FROM {name} ORDER BY packet_number")
-        names = [column[0] for column in cursor.description]
-        tables.append([dict(zip(names, row, strict=True)) for row in cursor.fetchall()])
-    store.close()
-    return tables[0], tables[1]
+    tables = analysed_tables(tmp_path, capture, [LldpDecoder()], ["lldp", "anomaly"])
+    return tables["lldp"], tables["anomaly"]
 
 
 def analyse_frames(tmp_path: Path, frames: list[bytes], name: str = "lldp") -> tuple[list[Record], list[Record]]:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from quaywatch.analysis import Analyzer
 from quaywatch.decode.profinet_dcp import ProfinetDcpDecoder
-from quaywatch.store.database import Store
+from tests.decode.oracles import analysed_tables
 from tests.factories import write_pcap
 
 CONTROLLER = bytes.fromhex("001b1b0299c3")
@@ -46,15 +45,8 @@ def frame(
 
 def analyse(tmp_path: Path, capture: Path) -> tuple[list[Record], list[Record]]:
     """The profinet_dcp rows and the anomalies of one capture, in packet order."""
-    store = Store(tmp_path / f"{capture.stem}.duckdb")
-    Analyzer(store, decoders=[ProfinetDcpDecoder()]).analyze(capture)
-    tables = []
-    for name in ("profinet_dcp", "anomaly"):
-        cursor = store.connection.execute(f"SELECT * FROM {name} ORDER BY packet_number")
-        names = [column[0] for column in cursor.description]
-        tables.append([dict(zip(names, row, strict=True)) for row in cursor.fetchall()])
-    store.close()
-    return tables[0], tables[1]
+    tables = analysed_tables(tmp_path, capture, [ProfinetDcpDecoder()], ["profinet_dcp", "anomaly"])
+    return tables["profinet_dcp"], tables["anomaly"]
 
 
 def analyse_frames(tmp_path: Path, frames: list[bytes]) -> tuple[list[Record], list[Record]]:

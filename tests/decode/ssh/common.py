@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from quaywatch.analysis import Analyzer
 from quaywatch.decode.base import Decoder
 from quaywatch.decode.ssh import SshDecoder
-from quaywatch.store.database import Store
-from tests.decode.oracles import RESEARCH
+from tests.decode.oracles import RESEARCH, analysed_tables
 
 ZEEK = RESEARCH / "zeek-btest/testing/btest"
 SURICATA = RESEARCH / "suricata-verify/tests"
@@ -29,22 +27,8 @@ def analyse(
     tmp_path: Path, capture: Path, decoders: list[Decoder] | None = None
 ) -> tuple[list[Record], list[Record], dict[str, int]]:
     """The ssh rows and anomalies of one capture, in capture order, through the real pipeline."""
-    store = Store(tmp_path / f"{capture.stem}-ssh.duckdb")
-    analyzer = Analyzer(store, decoders=decoders or [SshDecoder()])
-    analyzer.analyze(require(capture))
-    out = []
-    for table in ("ssh", "anomaly"):
-        exists = store.connection.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        ).fetchone()
-        if not (exists and exists[0]):
-            out.append([])
-            continue
-        cursor = store.connection.execute(f"SELECT * FROM {table} ORDER BY packet_number")
-        names = [column[0] for column in cursor.description]
-        out.append([dict(zip(names, row, strict=True)) for row in cursor.fetchall()])
-    store.close()
-    return out[0], out[1], {}
+    tables = analysed_tables(tmp_path, capture, decoders or [SshDecoder()], ["ssh", "anomaly"])
+    return tables["ssh"], tables["anomaly"], {}
 
 
 def per_connection(rows: list[Record]) -> dict[tuple[object, ...], Record]:
