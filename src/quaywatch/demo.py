@@ -1,4 +1,4 @@
-"""``make demo``: build a container-terminal capture, analyse it, show what was found.
+"""``make demo``: build a container-terminal capture, analyse it, show what is connected and what was found.
 
 Everything runs offline: the capture is generated locally by the traffic
 synthesiser, analysed into ``demo-output/quaywatch.duckdb`` and exported as
@@ -31,6 +31,10 @@ def run(output: Path = OUTPUT, packets: int = DEMO_PACKETS) -> int:
     write_capture(capture, packets=packets, seed=2026)
     console.print(f"analysing {capture} into {database}\n")
     status = _invoke(["analyze", str(capture), "--db", str(database)])
+    if status != 0:
+        return status
+    console.print("\n[bold]What is connected[/]: the passive asset inventory, with makers and restricted lists")
+    status = _invoke(["assets", "--db", str(database)])
     if status != 0:
         return status
     parquet = output / "parquet"

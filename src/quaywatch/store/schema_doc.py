@@ -76,6 +76,12 @@ def render() -> str:
             if name not in documented:  # decoders of one protocol over TCP and UDP share their tables
                 documented.add(name)
                 lines += _table(name, event_schema(schema), f"Events of the `{decoder.name}` decoder.")
+    from quaywatch.assets.inventory import ASSETS_SCHEMA, ATTRIBUTES_SCHEMA  # built over the tables above
+
+    lines += _table(
+        "assets", ASSETS_SCHEMA, "The passive asset inventory, rebuilt by `quaywatch assets` (docs/assets.md)."
+    )
+    lines += _table("asset_attributes", ATTRIBUTES_SCHEMA, "Every observation behind an asset, with evidence and rule.")
     return "\n".join(lines)
 
 

@@ -1,0 +1,239 @@
+"""``quaywatch assets``: the passive asset inventory, rebuilt from the store, as a table, JSON lines or CSV.
+
+Exit codes follow main.py: 0 done, 1 unknown asset id, 3 the database cannot be opened or written. Every value that
+came from a packet is escaped for the terminal (cli/text.py); CSV cells are neutralised against formula injection.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import duckdb
+from rich.console import Console
+from rich.table import Table
+
+from quaywatch.assets.inventory import ASSETS_TABLE, ATTRIBUTES_TABLE, build_inventory
+from quaywatch.cli.text import terminal_safe
+from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
+
+EXIT_OK = 0
+EXIT_INPUT_PROBLEM = 1
+EXIT_STORE = 3
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+database_option = click.option(
+    "--db",
+    "database",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_DATABASE,
+    show_default=True,
+    help="DuckDB database file.",
+)
+local_net_option = click.option(
+    "--local-net",
+    "local_nets",
+    multiple=True,
+    help="The site's local networks (CIDR, repeatable); default RFC 1918, link-local, CGNAT, ULA.",
+)
+
+
+def csv_safe(value: Any) -> str:
+    """A CSV cell that a spreadsheet shows as text: formulas prefixed with ', control characters escaped."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        text = ";".join(str(item) for item in value)
+    elif isinstance(value, dt.datetime):
+        text = value.isoformat()
+    else:
+        text = str(value)
+    if text.startswith(_FORMULA_START):
+        text = "'" + text
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def _open(database: Path) -> Store:
+    if not database.exists():
+        click.echo(f"error: {terminal_safe(str(database))}: no such database; run 'quaywatch analyze' first", err=True)
+        sys.exit(EXIT_STORE)
+    try:
+        return Store(database)
+    except StoreError as error:
+        click.echo(f"error: {terminal_safe(str(error))}", err=True)
+        sys.exit(EXIT_STORE)
+
+
+def _rebuild(store: Store, local_nets: tuple[str, ...]) -> None:
+    try:
+        if local_nets:
+            build_inventory(store, local_networks=local_nets)
+        else:
+            build_inventory(store)
+    except (duckdb.Error, StoreError) as error:
+        click.echo(f"error: {terminal_safe(str(error))}", err=True)
+        sys.exit(EXIT_STORE)
+    except ValueError as error:  # a bad --local-net
+        click.echo(f"error: {terminal_safe(str(error))}", err=True)
+        sys.exit(2)
+
+
+def _rows(store: Store, sql: str, parameters: list[Any]) -> list[dict[str, Any]]:
+    cursor = store.connection.execute(sql, parameters)
+    names = [column[0] for column in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return terminal_safe(", ".join(str(item) for item in value)) or "-"
+    return terminal_safe(str(value))
+
+
+@click.group(invoke_without_command=True)
+@database_option
+@local_net_option
+@click.option("--role", default=None, help="Only assets with this role (e.g. PLC, camera).")
+@click.option("--vendor", default=None, help="Only assets whose OUI vendor, decoded vendor or maker contains this.")
+@click.option("--listed", "only_listed", is_flag=True, help="Only assets whose maker is on a restricted list.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per asset (JSON lines).")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write CSV.")
+@click.pass_context
+def assets(
+    context: click.Context,
+    database: Path,
+    local_nets: tuple[str, ...],
+    role: str | None,
+    vendor: str | None,
+    only_listed: bool,
+    as_json: bool,
+    csv_file: Path | None,
+) -> None:
+    """Build the passive asset inventory from the store and list it."""
+    if context.invoked_subcommand is not None:
+        return
+    store = _open(database)
+    try:
+        _rebuild(store, local_nets)
+        where, parameters = ["TRUE"], []
+        if role:
+            where.append("lower(role) = lower(?)")
+            parameters.append(role)
+        if vendor:
+            where.append("(vendor ILIKE ? OR device_vendor ILIKE ? OR maker ILIKE ?)")
+            parameters += [f"%{vendor}%"] * 3
+        if only_listed:
+            where.append("len(listed) > 0")
+        rows = _rows(
+            store,
+            f"SELECT * FROM {ASSETS_TABLE} WHERE {' AND '.join(where)} ORDER BY mac NULLS LAST, asset_id",
+            parameters,
+        )
+    finally:
+        store.close()
+    if csv_file is not None:
+        with csv_file.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            names = list(rows[0]) if rows else []
+            writer.writerow(names)
+            for row in rows:
+                writer.writerow([csv_safe(row[name]) for name in names])
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({key: _json_value(value) for key, value in row.items()}, ensure_ascii=True))
+        return
+    if csv_file is not None:
+        click.echo(f"{len(rows)} assets written to {terminal_safe(str(csv_file))}")
+        return
+    Console(highlight=False).print(_table(rows))
+
+
+def _table(rows: list[dict[str, Any]]) -> Table:
+    """One line per asset, narrow enough for an 80-column terminal; ``assets show`` has everything."""
+    table = Table(title=f"{len(rows)} assets (quaywatch assets show ID for the evidence)")
+    table.add_column("asset", no_wrap=True, min_width=8)
+    table.add_column("mac", no_wrap=True, min_width=17)
+    table.add_column("ip", no_wrap=True, min_width=15)
+    table.add_column("role", overflow="ellipsis", no_wrap=True, max_width=14)
+    table.add_column("vendor / model", overflow="ellipsis", no_wrap=True, max_width=28)
+    table.add_column("maker, country: lists", overflow="ellipsis", no_wrap=True)
+    for row in rows:
+        ips = row["ips"] or []
+        address = _text(ips[0]) + (f" +{len(ips) - 1}" if len(ips) > 1 else "") if ips else "-"
+        vendor = _text(row["device_vendor"] or row["vendor"])
+        if row["model"]:
+            vendor += f" {_text(row['model'])}"
+        provenance = _text(row["maker"]) + (f", {_text(row['maker_country'])}" if row["maker_country"] else "")
+        if row["listed"]:
+            provenance += f": {_text(row['listed'])}"
+        table.add_row(str(row["asset_id"])[:8], _text(row["mac"]), address, _text(row["role"]), vendor, provenance)
+    return table
+
+
+@assets.command()
+@click.argument("asset_id")
+@database_option
+@local_net_option
+@click.option("--json", "as_json", is_flag=True, help="The asset and its attributes as one JSON object.")
+def show(asset_id: str, database: Path, local_nets: tuple[str, ...], as_json: bool) -> None:
+    """Every attribute of ASSET_ID with its evidence, rule and confidence; conflicting values are marked."""
+    store = _open(database)
+    try:
+        _rebuild(store, local_nets)
+        found = _rows(
+            store,
+            f"SELECT * FROM {ASSETS_TABLE} WHERE starts_with(asset_id, ?) OR mac = lower(?) ORDER BY asset_id",
+            [asset_id, asset_id],
+        )
+        if len(found) > 1:  # a prefix shared by several assets: ask for more of it
+            store.close()
+            click.echo(f"{terminal_safe(asset_id)}: {len(found)} assets start with it; give more of the id", err=True)
+            sys.exit(EXIT_INPUT_PROBLEM)
+        attributes = (
+            _rows(
+                store,
+                f"SELECT * FROM {ATTRIBUTES_TABLE} WHERE asset_id = ? "
+                "ORDER BY attribute, confidence DESC, value, source_table, rule",
+                [found[0]["asset_id"]],
+            )
+            if found
+            else []
+        )
+    finally:
+        store.close()
+    if not found:
+        click.echo(f"{terminal_safe(asset_id)}: no such asset", err=True)
+        sys.exit(EXIT_INPUT_PROBLEM)
+    asset = found[0]
+    if as_json:
+        document = {key: _json_value(value) for key, value in asset.items()}
+        document["attributes"] = [{key: _json_value(value) for key, value in row.items()} for row in attributes]
+        click.echo(json.dumps(document, ensure_ascii=True))
+        return
+    console = Console(highlight=False, soft_wrap=True)
+    for name, value in asset.items():
+        console.print(f"{name}: {_text(value)}")
+    console.print("attributes (every observation; '!' marks an attribute with disagreeing values):")
+    for row in attributes:
+        mark = f" ! {row['conflicts']} other value(s)" if row["conflicts"] else ""
+        console.print(
+            f"  {_text(row['attribute'])} = {_text(row['value'])}{mark}  "
+            f"(confidence {row['confidence']:.2f}; {_text(row['source_table'])} / {_text(row['rule'])}; "
+            f"seen {row['observations']}; evidence: {_text(row['evidence'])})"
+        )
