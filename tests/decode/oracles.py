@@ -135,14 +135,22 @@ class Agreement:
 
 
 def tcp_streams(capture: Path, port: int) -> list[list[tuple[Direction, bytes, float]]]:
-    """TCP payloads of each connection to ``port``, in capture order, read with dpkt (independent of our ingest)."""
+    """TCP payloads of each connection to ``port``, in capture order, read with dpkt (independent of our ingest).
+
+    pcap or pcapng; Ethernet, BSD loopback, Linux cooked (v1) and raw IP links.
+    """
     import dpkt
 
+    links = {1: dpkt.ethernet.Ethernet, 0: dpkt.loopback.Loopback, 113: dpkt.sll.SLL}
     connections: dict[tuple[bytes, int], list[tuple[Direction, bytes, float]]] = {}
     with capture.open("rb") as handle:
-        for timestamp, frame in dpkt.pcap.Reader(handle):
+        pcapng = handle.read(4) == b"\x0a\x0d\x0d\x0a"
+        handle.seek(0)
+        reader = dpkt.pcapng.Reader(handle) if pcapng else dpkt.pcap.Reader(handle)
+        link = links.get(reader.datalink())
+        for timestamp, frame in reader:
             try:
-                ip = dpkt.ethernet.Ethernet(frame).data
+                ip = link(frame).data if link else dpkt.ip.IP(frame)
             except (dpkt.NeedData, dpkt.UnpackError):
                 continue
             if not isinstance(ip, dpkt.ip.IP) or not isinstance(ip.data, dpkt.tcp.TCP) or not ip.data.data:

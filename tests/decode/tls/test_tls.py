@@ -191,8 +191,7 @@ def test_garbage_stream_is_an_anomaly() -> None:
     assert [e.fields["code"] for e in events] == ["bad_record_header"]
 
 
-#: dns2tcp_tunnel is a Linux cooked capture, which the dpkt Ethernet reader of tcp_streams does not open.
-@pytest.mark.parametrize("trace", sorted(set(TRACES) - {"dns2tcp_tunnel"}))
+@pytest.mark.parametrize("trace", sorted(TRACES))
 def test_one_byte_at_a_time_equals_whole(trace: str) -> None:
     capture, port = TRACES[trace]
     compared = 0
