@@ -1,6 +1,8 @@
 """``quaywatch assets``: the passive asset inventory, rebuilt from the store, as a table, JSON lines or CSV.
 
-Exit codes follow main.py: 0 done, 1 unknown asset id, 3 the database cannot be opened or written. Every value that
+``--inventory FILE`` imports a declared inventory first; ``assets findings`` lists how it differs from what was
+observed. Exit codes follow main.py: 0 done, 1 unknown asset id or bad rows in the declared inventory (the valid rows
+were imported), 3 the database cannot be opened or written. Every value that
 came from a packet is escaped for the terminal (cli/text.py); CSV cells are neutralised against formula injection.
 """
 
@@ -19,6 +21,13 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
+from quaywatch.assets.declared import (
+    FINDINGS_TABLE,
+    DeclaredInventoryError,
+    build_findings,
+    has_declared,
+    import_declared,
+)
 from quaywatch.assets.inventory import ASSETS_TABLE, ATTRIBUTES_TABLE, build_inventory
 from quaywatch.cli.text import terminal_safe
 from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
@@ -43,6 +52,13 @@ local_net_option = click.option(
     "local_nets",
     multiple=True,
     help="The site's local networks (CIDR, repeatable); default RFC 1918, link-local, CGNAT, ULA.",
+)
+inventory_option = click.option(
+    "--inventory",
+    "inventory",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Declared inventory CSV (asset tag, maker, model, MAC, IP, location, crane, zone) to import and compare.",
 )
 
 
@@ -90,6 +106,34 @@ def _rebuild(store: Store, local_nets: tuple[str, ...]) -> None:
     except ValueError as error:  # a bad --local-net
         click.echo(f"error: {terminal_safe(str(error))}", err=True)
         sys.exit(2)
+    if has_declared(store):  # findings follow the inventory they were computed from
+        try:
+            build_findings(store)
+        except (duckdb.Error, StoreError) as error:
+            click.echo(f"error: {terminal_safe(str(error))}", err=True)
+            sys.exit(EXIT_STORE)
+
+
+def import_inventory(store: Store, path: Path) -> bool:
+    """Import a declared inventory, printing every bad row (escaped) to stderr; False when anything was rejected."""
+    try:
+        parsed = import_declared(store, path)
+    except DeclaredInventoryError as error:
+        click.echo(f"error: {terminal_safe(str(error))}", err=True)
+        return False
+    except (duckdb.Error, StoreError) as error:
+        click.echo(f"error: {terminal_safe(str(error))}", err=True)
+        sys.exit(EXIT_STORE)
+    for problem in parsed.errors:
+        click.echo(f"error: {terminal_safe(str(problem))}", err=True)
+    if parsed.ignored_columns:
+        click.echo(f"note: ignored columns: {terminal_safe(', '.join(parsed.ignored_columns))}", err=True)
+    click.echo(
+        f"declared inventory {terminal_safe(path.name)}: {len(parsed.rows)} rows imported, "
+        f"{len(parsed.errors)} rejected",
+        err=True,
+    )
+    return not parsed.errors
 
 
 def _rows(store: Store, sql: str, parameters: list[Any]) -> list[dict[str, Any]]:
@@ -114,6 +158,7 @@ def _text(value: Any) -> str:
 @click.option("--listed", "only_listed", is_flag=True, help="Only assets whose maker is on a restricted list.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per asset (JSON lines).")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write CSV.")
+@inventory_option
 @click.pass_context
 def assets(
     context: click.Context,
@@ -124,13 +169,20 @@ def assets(
     only_listed: bool,
     as_json: bool,
     csv_file: Path | None,
+    inventory: Path | None,
 ) -> None:
     """Build the passive asset inventory from the store and list it."""
     if context.invoked_subcommand is not None:
         return
     store = _open(database)
+    findings: list[dict[str, Any]] = []
+    imported = True
     try:
+        if inventory is not None:
+            imported = import_inventory(store, inventory)
         _rebuild(store, local_nets)
+        if inventory is not None and FINDINGS_TABLE in store.tables():
+            findings = _rows(store, f"SELECT * FROM {FINDINGS_TABLE}", [])
         where, parameters = ["TRUE"], []
         if role:
             where.append("lower(role) = lower(?)")
@@ -157,11 +209,15 @@ def assets(
     if as_json:
         for row in rows:
             click.echo(json.dumps({key: _json_value(value) for key, value in row.items()}, ensure_ascii=True))
-        return
-    if csv_file is not None:
+    elif csv_file is not None:
         click.echo(f"{len(rows)} assets written to {terminal_safe(str(csv_file))}")
-        return
-    Console(highlight=False).print(_table(rows))
+    else:
+        console = Console(highlight=False)
+        console.print(_table(rows))
+        if inventory is not None:
+            console.print(_findings_table(findings))
+    if not imported:
+        sys.exit(EXIT_INPUT_PROBLEM)
 
 
 def _table(rows: list[dict[str, Any]]) -> Table:
@@ -237,3 +293,83 @@ def show(asset_id: str, database: Path, local_nets: tuple[str, ...], as_json: bo
             f"(confidence {row['confidence']:.2f}; {_text(row['source_table'])} / {_text(row['rule'])}; "
             f"seen {row['observations']}; evidence: {_text(row['evidence'])})"
         )
+
+
+def _evidence_text(evidence: list[dict[str, Any]] | None) -> str:
+    """Evidence rows on one line: attribute=value (table/rule: refs)."""
+    return "; ".join(
+        f"{item['attribute']}={item['value']} ({item['source_table']}/{item['rule']}"
+        + (f": {', '.join(item['refs'])}" if item["refs"] else "")
+        + ")"
+        for item in evidence or []
+    )
+
+
+def _findings_table(rows: list[dict[str, Any]]) -> Table:
+    """One line per finding; ``assets findings --json`` has the evidence in full."""
+    table = Table(title=f"{len(rows)} inventory findings (quaywatch assets findings --json for the evidence)")
+    table.add_column("severity", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("asset", no_wrap=True)
+    table.add_column("declared tag", overflow="ellipsis", max_width=20)
+    table.add_column("declared / observed", overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["severity"], row["kind"], _text(row["asset_id"])[:8], _text(row["declared_tag"]),
+            f"{_text(row['declared'])} / {_text(row['observed'])}",
+        )  # fmt: skip
+    return table
+
+
+@assets.command()
+@database_option
+@local_net_option
+@inventory_option
+@click.option("--kind", "kinds", multiple=True, help="Only findings of this kind (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per finding, with its evidence.")
+@click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write CSV.")
+def findings(
+    database: Path,
+    local_nets: tuple[str, ...],
+    inventory: Path | None,
+    kinds: tuple[str, ...],
+    as_json: bool,
+    csv_file: Path | None,
+) -> None:
+    """How the declared inventory differs from what was observed: undeclared, never seen, maker or model mismatch."""
+    store = _open(database)
+    imported = True
+    try:
+        if inventory is not None:
+            imported = import_inventory(store, inventory)
+        if not has_declared(store):
+            click.echo("error: no declared inventory imported; run 'quaywatch assets --inventory FILE'", err=True)
+            sys.exit(EXIT_INPUT_PROBLEM)
+        _rebuild(store, local_nets)
+        where, parameters = "TRUE", []
+        if kinds:
+            where, parameters = "list_contains(?, kind)", [list(kinds)]
+        rows = _rows(store, f"SELECT * FROM {FINDINGS_TABLE} WHERE {where}", parameters)
+    finally:
+        store.close()
+    if csv_file is not None:
+        names = [name for name in rows[0]] if rows else []
+        with csv_file.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(names)
+            for row in rows:
+                writer.writerow([csv_safe(_evidence_text(row[n]) if n == "evidence" else row[n]) for n in names])
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps({key: _json_value(value) for key, value in row.items()}, ensure_ascii=True))
+    elif csv_file is not None:
+        click.echo(f"{len(rows)} findings written to {terminal_safe(str(csv_file))}")
+    else:
+        console = Console(highlight=False, soft_wrap=True)
+        console.print(_findings_table(rows))
+        for row in rows:
+            console.print(f"{row['finding_id']} [{row['severity']}] {_text(row['kind'])}: {_text(row['explanation'])}")
+            if row["evidence"]:
+                console.print(f"  evidence: {_text(_evidence_text(row['evidence']))}")
+    if not imported:
+        sys.exit(EXIT_INPUT_PROBLEM)

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from quaywatch import __version__
 from quaywatch.analysis import Analyzer, CaptureResult, expand_inputs
-from quaywatch.cli.assets import assets
+from quaywatch.cli.assets import assets, import_inventory
 from quaywatch.cli.policy import policy
 from quaywatch.cli.provenance import provenance
 from quaywatch.cli.text import terminal_safe
@@ -66,6 +66,12 @@ def main() -> None:
     show_default=True,
     help="Protocol decoders to run: 'all', 'none' (flows only), or a comma-separated list such as 'modbus'.",
 )
+@click.option(
+    "--inventory",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Declared inventory CSV: after the analysis, build the asset inventory and its findings.",
+)
 def analyze(
     inputs: tuple[Path, ...],
     database: Path,
@@ -74,6 +80,7 @@ def analyze(
     threads: int | None,
     force: bool,
     decoders: str,
+    inventory: Path | None,
 ) -> None:
     """Analyse capture files (pcap, pcapng, gzip) or folders of them into the database."""
     available = {decoder.name: decoder for decoder in all_decoders()}
@@ -106,6 +113,7 @@ def analyze(
         for path in files:
             results.append(_analyze_one(analyzer, path, force, console, show_progress))
         summary = _summary(store, results, skipped, database)
+        inventory_ok = inventory is None or _inventory(store, inventory)
     except StoreError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(EXIT_STORE)
@@ -115,7 +123,19 @@ def analyze(
         click.echo(json.dumps(summary, default=str))
     elif not quiet:
         _print_summary(Console(), summary)
-    sys.exit(EXIT_INPUT_PROBLEM if any(r.needs_attention for r in results) else EXIT_OK)
+    sys.exit(EXIT_INPUT_PROBLEM if any(r.needs_attention for r in results) or not inventory_ok else EXIT_OK)
+
+
+def _inventory(store: Store, path: Path) -> bool:
+    """Import the declared inventory, then build the asset inventory and its findings over what was just stored."""
+    from quaywatch.assets.declared import build_findings
+    from quaywatch.assets.inventory import build_inventory
+
+    store.flush()
+    imported = import_inventory(store, path)
+    build_inventory(store)
+    build_findings(store)
+    return imported
 
 
 def _analyze_one(analyzer: Analyzer, path: Path, force: bool, console: Console, show_progress: bool) -> CaptureResult:

@@ -82,6 +82,14 @@ def render() -> str:
         "assets", ASSETS_SCHEMA, "The passive asset inventory, rebuilt by `quaywatch assets` (docs/assets.md)."
     )
     lines += _table("asset_attributes", ATTRIBUTES_SCHEMA, "Every observation behind an asset, with evidence and rule.")
+    from quaywatch.assets.declared import DECLARED_SCHEMA, FINDINGS_SCHEMA
+
+    lines += _table(
+        "declared_assets", DECLARED_SCHEMA, "The imported declared inventory, replaced on each import (docs/assets.md)."
+    )
+    lines += _table(
+        "inventory_findings", FINDINGS_SCHEMA, "Differences between the declared inventory and the observed one."
+    )
     return "\n".join(lines)
 
 
