@@ -26,6 +26,7 @@ from rich.table import Table
 from quaywatch import __version__
 from quaywatch.analysis import Analyzer, CaptureResult, expand_inputs
 from quaywatch.cli.assets import assets, import_inventory
+from quaywatch.cli.map import map_command
 from quaywatch.cli.policy import policy
 from quaywatch.cli.provenance import provenance
 from quaywatch.cli.text import terminal_safe
@@ -289,6 +290,7 @@ def export(file_format: str, directory: Path, database: Path) -> None:
 main.add_command(provenance)
 main.add_command(assets)
 main.add_command(policy)
+main.add_command(map_command)
 
 
 if __name__ == "__main__":
