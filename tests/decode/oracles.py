@@ -81,6 +81,39 @@ def read_log(path: Path) -> list[Row]:
     return rows
 
 
+def tshark_values(
+    capture: Path, display_filter: str, fields: dict[str, str], separator: str = ","
+) -> list[dict[str, list[str]]]:
+    """One dict per frame tshark shows under ``display_filter``: our name -> every occurrence of its field.
+
+    ``fields`` maps tshark field names to ours. Fails (never skips) when tshark is missing: it is the oracle.
+    """
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if shutil.which("tshark") is None:
+        pytest.fail("tshark is not installed: run `make system-packages`")
+    command = ["tshark", "-n", "-r", str(capture), "-Y", display_filter, "-T", "fields", "-E", "occurrence=a"]
+    command += ["-E", f"aggregator={separator}"]
+    for name in fields:
+        command += ["-e", name]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return [
+        {
+            ours: (value.split(separator) if value else [])
+            for ours, value in zip(fields.values(), line.split("\t"), strict=True)
+        }
+        for line in output.splitlines()
+    ]
+
+
+def presence(row: Row, names: Iterable[str]) -> str:
+    """Which of ``names`` a row defines, as one comparable field: catches a value only one side fills."""
+    return ",".join(name for name in names if row.get(name) is not None)
+
+
 @dataclass
 class Agreement:
     """Per-field agreement between our rows and an oracle's, after alignment."""

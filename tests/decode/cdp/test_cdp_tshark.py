@@ -10,14 +10,12 @@ wrong checksum, and a spanning-tree LLC frame that must give no row.
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.decode.cdp.common import Record, analyse, synthetic_frames
-from tests.decode.oracles import Agreement, Row
+from tests.decode.oracles import Agreement, Row, presence, tshark_values
 from tests.factories import write_pcap
 
 pytestmark = pytest.mark.oracle
@@ -55,16 +53,8 @@ NUMERIC = {"version", "ttl", "checksum", "capabilities_bits", "native_vlan", "vo
 
 
 def tshark_rows(capture: Path) -> list[Row]:
-    if shutil.which("tshark") is None:
-        pytest.fail("tshark is not installed: run `make system-packages`")
-    command = ["tshark", "-n", "-r", str(capture), "-Y", "cdp", "-T", "fields", "-E", "occurrence=a"]
-    command += ["-E", f"aggregator={SEPARATOR}"]
-    for name in TSHARK:
-        command += ["-e", name]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rows = []
-    for line in output.splitlines():
-        values = {k: (v.split(SEPARATOR) if v else []) for k, v in zip(TSHARK.values(), line.split("\t"), strict=True)}
+    for values in tshark_values(capture, "cdp", TSHARK, SEPARATOR):
         row: Row = {k: (v[0] if v else None) for k, v in values.items()}
         for name in NUMERIC:
             row[name] = str(int(row[name], 0)) if row[name] is not None else None  # type: ignore[arg-type]
@@ -75,7 +65,7 @@ def tshark_rows(capture: Path) -> list[Row]:
         # apart: compare the union, IPv4 first.
         row["all_addresses"] = ",".join(values["ip4"] + values["ip6"]) or None
         row["tlv_types"] = ",".join(str(int(t, 0)) for t in values["tlv_types"]) or None
-        row["defined"] = _defined(row)
+        row["defined"] = presence(row, PRESENCE)
         rows.append(row)
     return rows
 
@@ -93,13 +83,9 @@ def our_rows(rows: list[Record]) -> list[Row]:
         addresses.sort(key=lambda a: ":" in a)
         row["all_addresses"] = ",".join(addresses) or None
         row["tlv_types"] = ",".join(map(str, r["tlv_types"])) if r["tlv_types"] else None  # type: ignore[call-overload]
-        row["defined"] = _defined(row)
+        row["defined"] = presence(row, PRESENCE)
         result.append(row)
     return result
-
-
-def _defined(row: Row) -> str:
-    return ",".join(name for name in PRESENCE if row.get(name) is not None)
 
 
 def test_synthetic_cdp_agrees_with_tshark(tmp_path: Path) -> None:

@@ -9,14 +9,12 @@ DECLINE, option overload, sname/file), checked by tshark itself.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.decode.dhcp.common import Record, analyse, synthetic_frames
-from tests.decode.oracles import Agreement, Row
+from tests.decode.oracles import Agreement, Row, presence, tshark_values
 from tests.factories import write_pcap
 
 pytestmark = pytest.mark.oracle
@@ -70,18 +68,10 @@ PRESENCE = [name for name in FIELDS if name != "defined"]
 
 
 def tshark_rows(capture: Path) -> list[Row]:
-    if shutil.which("tshark") is None:
-        pytest.fail("tshark is not installed: run `make system-packages`")
-    command = ["tshark", "-n", "-r", str(capture), "-Y", "dhcp", "-T", "fields", "-E", "occurrence=a"]
-    for name in TSHARK:
-        command += ["-e", name]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rows = []
-    for line in output.splitlines():
-        values = dict(zip(TSHARK.values(), line.split("\t"), strict=True))
+    for values in tshark_values(capture, "dhcp", TSHARK):
         row: Row = {}
-        for name, value in values.items():
-            items = value.split(",") if value else []
+        for name, items in values.items():
             if name in LISTS:
                 row[name] = ",".join(items) if items else None
             elif not items:
@@ -93,7 +83,7 @@ def tshark_rows(capture: Path) -> list[Row]:
         codes = (row["options"] or "").split(",") if row["options"] else []
         row["options"] = ",".join("255" if code == "0" else code for code in codes) or None
         # dhcp.option.value holds the raw value of every option but END, in order: pick the client identifier's.
-        raw = (values["values"] or "").split(",") if values["values"] else []
+        raw = values["values"]
         valued = [code for code in codes if code != "0"]
         row["client_id"] = dict(zip(valued, raw, strict=False)).get("61")
         row["broadcast"] = {"1": "True", "0": "False"}.get(row["broadcast"] or "", row["broadcast"])
@@ -101,7 +91,7 @@ def tshark_rows(capture: Path) -> list[Row]:
             row["server_name"] = row["server_name"] or None
             row["boot_file"] = row["boot_file"] or None
         row.pop("values")
-        row["defined"] = _defined(row)
+        row["defined"] = presence(row, PRESENCE)
         rows.append(row)
     return rows
 
@@ -120,13 +110,9 @@ def our_rows(rows: list[Record]) -> list[Row]:
                 row[name] = value.hex()
             else:
                 row[name] = str(value)
-        row["defined"] = _defined(row)
+        row["defined"] = presence(row, PRESENCE)
         result.append(row)
     return result
-
-
-def _defined(row: Row) -> str:
-    return ",".join(name for name in PRESENCE if row.get(name) is not None)
 
 
 def compare(tmp_path: Path, captures: list[Path], title: str) -> Agreement:

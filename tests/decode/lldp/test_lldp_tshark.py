@@ -8,14 +8,12 @@ address families and the IEEE 802.1/802.3 organisationally specific TLVs, tagged
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.decode.lldp.common import CAPTURES, Record, analyse, synthetic_frames
-from tests.decode.oracles import Agreement, Row
+from tests.decode.oracles import Agreement, Row, presence, tshark_values
 from tests.factories import write_pcap
 
 pytestmark = pytest.mark.oracle
@@ -72,16 +70,8 @@ BOOLEAN = {"autoneg_supported", "autoneg_enabled"}
 
 
 def tshark_rows(capture: Path) -> list[Row]:
-    if shutil.which("tshark") is None:
-        pytest.fail("tshark is not installed: run `make system-packages`")
-    command = ["tshark", "-n", "-r", str(capture), "-Y", "lldp", "-T", "fields", "-E", "occurrence=a"]
-    command += ["-E", f"aggregator={SEPARATOR}"]
-    for name in TSHARK:
-        command += ["-e", name]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rows = []
-    for line in output.splitlines():
-        values = {k: (v.split(SEPARATOR) if v else []) for k, v in zip(TSHARK.values(), line.split("\t"), strict=True)}
+    for values in tshark_values(capture, "lldp", TSHARK, SEPARATOR):
         first = {k: (v[0] if v else None) for k, v in values.items()}
         row: Row = {"packet": first["packet"], "source_mac": first["source_mac"]}
         for name in NUMERIC:
@@ -102,7 +92,7 @@ def tshark_rows(capture: Path) -> list[Row]:
         row["vlan_names"] = ",".join(names) or None
         row["org_ouis"] = ",".join(f"{int(v):06x}" for v in values["org_ouis"]) or None
         row["tlv_types"] = ",".join(values["tlv_types"]) or None
-        row["defined"] = _defined(row)
+        row["defined"] = presence(row, PRESENCE)
         rows.append(row)
     return rows
 
@@ -125,13 +115,9 @@ def our_rows(rows: list[Record]) -> list[Row]:
             row[name] = ",".join(map(str, r[name])) if r[name] else None  # type: ignore[call-overload]
         ouis = [str(t["oui"]).replace(":", "") for t in r["org_tlvs"] or []]  # type: ignore[attr-defined]
         row["org_ouis"] = ",".join(ouis) or None
-        row["defined"] = _defined(row)
+        row["defined"] = presence(row, PRESENCE)
         result.append(row)
     return result
-
-
-def _defined(row: Row) -> str:
-    return ",".join(name for name in PRESENCE if row.get(name) is not None)
 
 
 def compare(tmp_path: Path, captures: list[Path], title: str) -> Agreement:

@@ -7,13 +7,11 @@ covering every service, service type and block kind (``common.synthetic_frames``
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.decode.oracles import RESEARCH, Agreement, Row
+from tests.decode.oracles import RESEARCH, Agreement, Row, presence, tshark_values
 from tests.decode.profinet_dcp.common import Record, analyse, synthetic_frames
 from tests.factories import write_pcap
 
@@ -78,18 +76,10 @@ LISTS = {"block_qualifier", "block_errors", "reset_qualifier"}
 
 
 def tshark_rows(capture: Path) -> list[Row]:
-    if shutil.which("tshark") is None:
-        pytest.fail("tshark is not installed: run `make system-packages`")
-    command = ["tshark", "-n", "-r", str(capture), "-Y", "pn_dcp", "-T", "fields", "-E", "occurrence=a"]
-    for name in TSHARK:
-        command += ["-e", name]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rows = []
-    for line in output.splitlines():
-        values = dict(zip(TSHARK.values(), line.split("\t"), strict=True))
+    for values in tshark_values(capture, "pn_dcp", TSHARK):
         row: Row = {}
-        for name, value in values.items():
-            items = value.split(",") if value else []
+        for name, items in values.items():
             if name == "block_count":
                 row[name] = str(len(items))
             elif name in LISTS:
@@ -99,7 +89,7 @@ def tshark_rows(capture: Path) -> list[Row]:
             else:
                 row[name] = str(int(items[0], 0)) if name in NUMERIC else items[0]
         row["vlan"] = row.pop("outer_vlan") or row["vlan"] or "untagged"
-        row["defined"] = _defined(row)
+        row["defined"] = presence(row, PRESENCE)
         rows.append(row)
     return rows
 
@@ -124,13 +114,9 @@ def our_rows(rows: list[Record]) -> list[Row]:
         row["block_qualifier"] = ",".join(map(str, plain)) or None
         row["block_errors"] = ",".join(map(str, r["block_errors"])) if r["block_errors"] else None  # type: ignore[call-overload]
         row["vlan"] = row["vlan"] or "untagged"
-        row["defined"] = _defined(row)
+        row["defined"] = presence(row, PRESENCE)
         result.append(row)
     return result
-
-
-def _defined(row: Row) -> str:
-    return ",".join(name for name in PRESENCE if row.get(name) is not None)
 
 
 def compare(tmp_path: Path, captures: list[Path], title: str) -> Agreement:
