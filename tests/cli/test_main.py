@@ -74,3 +74,15 @@ def test_decoders_option(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "unknown decoder(s) nosuch" in bad.output
     none = CliRunner().invoke(main, ["analyze", str(capture), "--db", database, "--decoders", "none", "--json"])
     assert none.exit_code == EXIT_OK and json.loads(none.stdout)["applications"] == {}
+
+
+def test_readme_lists_every_decoder_name_that_decoders_takes() -> None:
+    """The README's --decoders row is the only place a user learns the names: it must match the registry."""
+    import re
+
+    from quaywatch.decode.registry import all_decoders
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    (row,) = [line for line in readme.splitlines() if line.startswith("| `--decoders LIST` |")]
+    listed = set(re.findall(r"`([a-z0-9_]+)`", row.split("names:", 1)[1]))
+    assert listed == {decoder.name for decoder in all_decoders()}

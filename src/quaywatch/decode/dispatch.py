@@ -229,7 +229,7 @@ class Dispatcher:
             return None
         rows = flow_index[deliver]
         owners = flows["decoder"][rows].astype(np.int64)
-        wanted = np.isin(owners, self.batch_decoders) & (flows["transport"][rows] == 17)
+        wanted = np.isin(owners, self.batch_decoders)  # UDP decoders only, so datagrams only
         if overrides:
             wanted &= ~np.isin(deliver, np.fromiter(overrides, np.int64, len(overrides)))
         if claimed_from:  # payloads before the one that identified the protocol are not decoded
