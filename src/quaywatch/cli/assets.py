@@ -29,6 +29,7 @@ from quaywatch.assets.declared import (
     import_declared,
 )
 from quaywatch.assets.inventory import ASSETS_TABLE, ATTRIBUTES_TABLE, build_inventory
+from quaywatch.assets.risk import LEVELS, RISK_TABLE, rate_assets
 from quaywatch.cli.text import terminal_safe
 from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
 
@@ -106,12 +107,13 @@ def _rebuild(store: Store, local_nets: tuple[str, ...]) -> None:
     except ValueError as error:  # a bad --local-net
         click.echo(f"error: {terminal_safe(str(error))}", err=True)
         sys.exit(2)
-    if has_declared(store):  # findings follow the inventory they were computed from
-        try:
+    try:
+        if has_declared(store):  # findings follow the inventory they were computed from
             build_findings(store)
-        except (duckdb.Error, StoreError) as error:
-            click.echo(f"error: {terminal_safe(str(error))}", err=True)
-            sys.exit(EXIT_STORE)
+        rate_assets(store)  # and so does the risk rating (with the last policy evaluation's verdicts)
+    except (duckdb.Error, StoreError) as error:
+        click.echo(f"error: {terminal_safe(str(error))}", err=True)
+        sys.exit(EXIT_STORE)
 
 
 def import_inventory(store: Store, path: Path) -> bool:
@@ -156,6 +158,9 @@ def _text(value: Any) -> str:
 @click.option("--role", default=None, help="Only assets with this role (e.g. PLC, camera).")
 @click.option("--vendor", default=None, help="Only assets whose OUI vendor, decoded vendor or maker contains this.")
 @click.option("--listed", "only_listed", is_flag=True, help="Only assets whose maker is on a restricted list.")
+@click.option(
+    "--risk", "risk_level", type=click.Choice(LEVELS), default=None, help="Only assets rated this level or higher."
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per asset (JSON lines).")
 @click.option("--csv", "csv_file", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write CSV.")
 @inventory_option
@@ -167,6 +172,7 @@ def assets(
     role: str | None,
     vendor: str | None,
     only_listed: bool,
+    risk_level: str | None,
     as_json: bool,
     csv_file: Path | None,
     inventory: Path | None,
@@ -183,7 +189,8 @@ def assets(
         _rebuild(store, local_nets)
         if inventory is not None and FINDINGS_TABLE in store.tables():
             findings = _rows(store, f"SELECT * FROM {FINDINGS_TABLE}", [])
-        where, parameters = ["TRUE"], []
+        where: list[str] = ["TRUE"]
+        parameters: list[Any] = []
         if role:
             where.append("lower(role) = lower(?)")
             parameters.append(role)
@@ -192,9 +199,14 @@ def assets(
             parameters += [f"%{vendor}%"] * 3
         if only_listed:
             where.append("len(listed) > 0")
+        if risk_level:
+            where.append("list_position(?, r.risk_level) >= ?")
+            parameters += [list(LEVELS), LEVELS.index(risk_level) + 1]
         rows = _rows(
             store,
-            f"SELECT * FROM {ASSETS_TABLE} WHERE {' AND '.join(where)} ORDER BY mac NULLS LAST, asset_id",
+            f"SELECT a.*, r.risk_score, r.risk_level FROM {ASSETS_TABLE} a LEFT JOIN (SELECT asset_id, score AS "
+            f"risk_score, level AS risk_level FROM {RISK_TABLE}) r USING (asset_id) WHERE {' AND '.join(where)} "
+            "ORDER BY mac NULLS LAST, asset_id",
             parameters,
         )
     finally:
@@ -229,6 +241,7 @@ def _table(rows: list[dict[str, Any]]) -> Table:
     table.add_column("role", overflow="ellipsis", no_wrap=True, max_width=14)
     table.add_column("vendor / model", overflow="ellipsis", no_wrap=True, max_width=28)
     table.add_column("maker, country: lists", overflow="ellipsis", no_wrap=True)
+    table.add_column("risk", no_wrap=True)
     for row in rows:
         ips = row["ips"] or []
         address = _text(ips[0]) + (f" +{len(ips) - 1}" if len(ips) > 1 else "") if ips else "-"
@@ -238,7 +251,10 @@ def _table(rows: list[dict[str, Any]]) -> Table:
         provenance = _text(row["maker"]) + (f", {_text(row['maker_country'])}" if row["maker_country"] else "")
         if row["listed"]:
             provenance += f": {_text(row['listed'])}"
-        table.add_row(str(row["asset_id"])[:8], _text(row["mac"]), address, _text(row["role"]), vendor, provenance)
+        risk = f"{row['risk_level']} {row['risk_score']:.0f}" if row.get("risk_level") else "-"
+        table.add_row(
+            str(row["asset_id"])[:8], _text(row["mac"]), address, _text(row["role"]), vendor, provenance, risk
+        )
     return table
 
 
@@ -271,6 +287,11 @@ def show(asset_id: str, database: Path, local_nets: tuple[str, ...], as_json: bo
             if found
             else []
         )
+        risk = (
+            _rows(store, f"SELECT score, level, reasons FROM {RISK_TABLE} WHERE asset_id = ?", [found[0]["asset_id"]])
+            if found
+            else []
+        )
     finally:
         store.close()
     if not found:
@@ -280,11 +301,16 @@ def show(asset_id: str, database: Path, local_nets: tuple[str, ...], as_json: bo
     if as_json:
         document = {key: _json_value(value) for key, value in asset.items()}
         document["attributes"] = [{key: _json_value(value) for key, value in row.items()} for row in attributes]
+        document["risk"] = risk[0] if risk else None
         click.echo(json.dumps(document, ensure_ascii=True))
         return
     console = Console(highlight=False, soft_wrap=True)
     for name, value in asset.items():
         console.print(f"{name}: {_text(value)}")
+    if risk:
+        console.print(f"risk: {risk[0]['level']} ({risk[0]['score']:.0f}/100)")
+        for reason in risk[0]["reasons"]:
+            console.print(f"  +{reason['points']:.0f} {_text(reason['factor'])}: {_text(reason['explanation'])}")
     console.print("attributes (every observation; '!' marks an attribute with disagreeing values):")
     for row in attributes:
         mark = f" ! {row['conflicts']} other value(s)" if row["conflicts"] else ""

@@ -50,8 +50,34 @@ database_option = click.option(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="quaywatch")
-def main() -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Configuration file (default: ./quaywatch.toml if present); command-line options override it.",
+)
+@click.pass_context
+def main(context: click.Context, config_file: Path | None) -> None:
     """Passive monitoring of port OT networks."""
+    from quaywatch.config import ConfigError, find_config
+
+    try:
+        config = find_config(config_file)
+    except ConfigError as error:
+        click.echo(f"error: {terminal_safe(str(error))}", err=True)
+        sys.exit(EXIT_USAGE)
+    if config is not None:
+        context.default_map = _default_map(context.command, config)
+
+
+def _default_map(command: click.Command, config: Any) -> dict[str, Any]:
+    """Click's default map for the command tree: each key sets the option of that name wherever it exists."""
+    defaults: dict[str, Any] = config.defaults({param.name for param in command.params if param.name})
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            defaults[name] = _default_map(sub, config)
+    return defaults
 
 
 @main.command()
@@ -73,6 +99,13 @@ def main() -> None:
     default=None,
     help="Declared inventory CSV: after the analysis, build the asset inventory and its findings.",
 )
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Site policy YAML: after the analysis, build the assets, evaluate the policy and rate asset risk.",
+)
 def analyze(
     inputs: tuple[Path, ...],
     database: Path,
@@ -82,11 +115,24 @@ def analyze(
     force: bool,
     decoders: str,
     inventory: Path | None,
+    policy_file: Path | None,
 ) -> None:
     """Analyse capture files (pcap, pcapng, gzip) or folders of them into the database."""
-    available = {decoder.name: decoder for decoder in all_decoders()}
+    loaded_policy = None
+    if policy_file is not None:
+        from quaywatch.policy.load import load_policy
+
+        loaded_policy, problems = load_policy(policy_file)
+        errors = [problem for problem in problems if problem.severity == "error"]
+        for problem in errors:
+            click.echo(f"error: {terminal_safe(str(problem))}", err=True)
+        if errors:
+            sys.exit(EXIT_USAGE)
+    available: dict[str, list[Any]] = {}  # a name can have several decoders (dns and dnp3 over TCP and UDP)
+    for decoder in all_decoders():
+        available.setdefault(decoder.name, []).append(decoder)
     if decoders == "all":
-        chosen = list(available.values())
+        chosen = list(all_decoders())
     elif decoders == "none":
         chosen = []
     else:
@@ -97,7 +143,7 @@ def analyze(
                 f"unknown decoder(s) {', '.join(unknown)}; available: {', '.join(sorted(available))}",
                 param_hint="--decoders",
             )
-        chosen = [available[name] for name in names]
+        chosen = [decoder for name in names for decoder in available[name]]
     console = Console(stderr=True, quiet=quiet and not as_json, soft_wrap=True)  # never break a path
     files, skipped = expand_inputs(inputs)
     try:
@@ -114,7 +160,9 @@ def analyze(
         for path in files:
             results.append(_analyze_one(analyzer, path, force, console, show_progress))
         summary = _summary(store, results, skipped, database)
-        inventory_ok = inventory is None or _inventory(store, inventory)
+        inventory_ok = True
+        if inventory is not None or loaded_policy is not None:
+            inventory_ok = _inventory(store, inventory, loaded_policy, summary)
     except StoreError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(EXIT_STORE)
@@ -127,15 +175,21 @@ def analyze(
     sys.exit(EXIT_INPUT_PROBLEM if any(r.needs_attention for r in results) or not inventory_ok else EXIT_OK)
 
 
-def _inventory(store: Store, path: Path) -> bool:
-    """Import the declared inventory, then build the asset inventory and its findings over what was just stored."""
-    from quaywatch.assets.declared import build_findings
+def _inventory(store: Store, path: Path | None, site_policy: Any, summary: dict[str, Any]) -> bool:
+    """Import the declared inventory, build the assets and findings, evaluate the policy, rate risk; count them all."""
+    from quaywatch.assets.declared import build_findings, has_declared
     from quaywatch.assets.inventory import build_inventory
+    from quaywatch.assets.risk import rate_assets
+    from quaywatch.policy.evaluate import evaluate_policy
 
     store.flush()
-    imported = import_inventory(store, path)
+    imported = import_inventory(store, path) if path is not None else True
     build_inventory(store)
-    build_findings(store)
+    if has_declared(store):
+        summary["inventory_findings"] = build_findings(store).kinds
+    if site_policy is not None:
+        summary["policy_verdicts"] = evaluate_policy(store, site_policy).verdicts
+    summary["assets_by_risk"] = rate_assets(store).levels
     return imported
 
 
@@ -262,6 +316,11 @@ def _print_summary(console: Console, summary: dict[str, Any]) -> None:
             terminal_safe(talker["ip"]), f"{talker['bytes']:,}", f"{talker['packets']:,}", f"{talker['flows']:,}"
         )
     console.print(talkers)
+    for key, title in (("inventory_findings", "inventory findings"), ("policy_verdicts", "policy verdicts (flows)"),
+                       ("assets_by_risk", "assets by risk level")):  # fmt: skip
+        if key in summary:
+            counts = ", ".join(f"{name} {count:,}" for name, count in summary[key].items()) or "none"
+            console.print(f"{title}: {counts}")
     console.print(f"database: {terminal_safe(summary['database'])}")
 
 

@@ -84,3 +84,88 @@ def learn(database: Path, out: Path | None) -> None:
         click.echo(
             f"wrote {terminal_safe(str(out))}: review it, then run 'quaywatch policy check {terminal_safe(str(out))}'"
         )
+
+
+@policy.command()
+@click.option(
+    "--db",
+    "database",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=DEFAULT_DATABASE,
+    show_default=True,
+    help="DuckDB database file.",
+)
+@click.option(
+    "--policy",
+    "policy_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="Site policy YAML.",
+)
+@click.option("--limit", type=click.IntRange(0), default=50, show_default=True, help="Violations shown (0: all).")
+@click.option("--json", "as_json", is_flag=True, help="Verdict counts and every violation as one JSON object.")
+def evaluate(database: Path, policy_file: Path, limit: int, as_json: bool) -> None:
+    """Judge every stored flow against the policy: verdict counts and the violations (writes flow_policy)."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from quaywatch.assets.risk import rate_assets
+    from quaywatch.policy.evaluate import FLOW_POLICY_TABLE, evaluate_policy
+    from quaywatch.store.database import Store, StoreError
+
+    loaded, problems = load_policy(policy_file)
+    errors = [problem for problem in problems if problem.severity == "error"]
+    for problem in errors:
+        click.echo(f"error: {terminal_safe(str(problem))}", err=True)
+    if errors:
+        sys.exit(EXIT_PROBLEMS)
+    if not database.exists():
+        click.echo(f"error: {terminal_safe(str(database))}: no such database; run 'quaywatch analyze' first", err=True)
+        sys.exit(EXIT_STORE)
+    try:
+        store = Store(database)
+    except StoreError as error:
+        click.echo(f"error: {terminal_safe(str(error))}", err=True)
+        sys.exit(EXIT_STORE)
+    try:
+        if "flows" not in store.tables():
+            click.echo(
+                f"error: {terminal_safe(str(database))}: no flows table; run 'quaywatch analyze' first", err=True
+            )
+            sys.exit(EXIT_PROBLEMS)
+        summary = evaluate_policy(store, loaded)
+        rate_assets(store)  # the risk rating counts violations: keep it in step with the verdicts
+        cursor = store.connection.execute(
+            f"SELECT f.ts, p.client_ip, p.client_zone, p.server_ip, p.server_zone, p.protocol, p.verdict, p.conduit, "
+            f"p.reason, p.flow_id FROM {FLOW_POLICY_TABLE} p JOIN flows f USING (capture_id, flow_id) "
+            "WHERE p.verdict IN ('violation', 'external_unapproved') ORDER BY f.ts, p.flow_id"
+        )
+        names = [column[0] for column in cursor.description]
+        violations = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    finally:
+        store.close()
+    if as_json:
+        document = {"verdicts": summary.verdicts, "zones": summary.zones, "violations": violations}
+        click.echo(json.dumps(document, default=str, ensure_ascii=True))
+        return
+    console = Console(highlight=False)
+    counts = Table(title=f"{summary.flows} flows, {summary.addresses} addresses", title_justify="left")
+    counts.add_column("verdict")
+    counts.add_column("flows", justify="right")
+    for verdict, count in summary.verdicts.items():
+        counts.add_row(verdict, f"{count:,}")
+    console.print(counts)
+    shown = violations if limit == 0 else violations[:limit]
+    table = Table(title=f"{len(violations)} violations" + (f" (first {len(shown)})" if len(shown) < len(violations)
+                  else ""), title_justify="left")  # fmt: skip
+    for column in ("client", "server", "protocol", "verdict", "reason"):
+        table.add_column(column, overflow="fold")
+    for row in shown:
+        table.add_row(
+            terminal_safe(f"{row['client_ip']} ({row['client_zone']})"),
+            terminal_safe(f"{row['server_ip']} ({row['server_zone']})"),
+            terminal_safe(str(row["protocol"])), row["verdict"], terminal_safe(str(row["reason"])),
+        )  # fmt: skip
+    console.print(table)

@@ -90,6 +90,12 @@ def render() -> str:
     lines += _table(
         "inventory_findings", FINDINGS_SCHEMA, "Differences between the declared inventory and the observed one."
     )
+    from quaywatch.assets.risk import RISK_SCHEMA
+    from quaywatch.policy.evaluate import FLOW_POLICY_SCHEMA, HOST_ZONES_SCHEMA
+
+    lines += _table("host_zones", HOST_ZONES_SCHEMA, "The policy zone of every address seen in flows (docs/policy.md).")
+    lines += _table("flow_policy", FLOW_POLICY_SCHEMA, "The policy verdict of every flow (docs/policy.md, Evaluation).")
+    lines += _table("asset_risk", RISK_SCHEMA, "The risk rating of every asset, with its reasons (docs/assets.md).")
     return "\n".join(lines)
 
 
