@@ -29,6 +29,7 @@ from quaywatch.cli.assets import assets, import_inventory
 from quaywatch.cli.map import map_command
 from quaywatch.cli.policy import policy
 from quaywatch.cli.provenance import provenance
+from quaywatch.cli.sim import sim
 from quaywatch.cli.text import terminal_safe
 from quaywatch.decode.registry import all_decoders
 from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
@@ -350,6 +351,7 @@ main.add_command(provenance)
 main.add_command(assets)
 main.add_command(policy)
 main.add_command(map_command)
+main.add_command(sim)
 
 
 if __name__ == "__main__":

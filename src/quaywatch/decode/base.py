@@ -38,7 +38,8 @@ from typing import ClassVar, Literal
 import numpy as np
 import pyarrow as pa
 
-Transport = Literal["tcp", "udp", "ethernet"]
+#: "content" marks a content inspector (decode/cargo): it claims no flow but is shown every cleartext payload.
+Transport = Literal["tcp", "udp", "ethernet", "content"]
 
 
 class Direction(IntEnum):

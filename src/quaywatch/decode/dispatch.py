@@ -91,6 +91,12 @@ class Dispatcher:
         self.stream_decoders = [i for i, d in enumerate(decoders) if d.transport == "tcp"]
         self.datagram_decoders = [i for i, d in enumerate(decoders) if d.transport == "udp"]
         self.frame_decoders = [i for i, d in enumerate(decoders) if d.transport == "ethernet"]
+        self.content_decoders = [i for i, d in enumerate(decoders) if d.transport == "content"]
+        from quaywatch.decode.cargo import ENCRYPTED
+
+        #: Flow decoder states whose payloads content inspectors skip: ciphertext.
+        self.encrypted_states = np.array([i for i, d in enumerate(decoders) if d.name in ENCRYPTED] or [-2], np.int64)
+        self.content_envelopes: dict[int, dict[str, object]] = {}
         self.batch_decoders = np.array(
             [
                 i
@@ -160,6 +166,10 @@ class Dispatcher:
                 if state >= 0:
                     claimed_from[row_index] = index
             states = decoder_column[rows]
+        if self.content_decoders:  # after probing, so a flow just found to be TLS is not scanned
+            self._inspect(
+                buffer, overrides, packets, candidates, rows, direction, timestamps, first_packet_number, flows
+            )
         deliver = candidates[states >= 0]
         if deliver.shape[0] == 0:
             return
@@ -325,14 +335,74 @@ class Dispatcher:
         exhausted = (probed & 0xF) >= PROBES_PER_DIRECTION and (probed >> 4) >= PROBES_PER_DIRECTION
         return table.DECODER_NONE if exhausted else table.DECODER_UNPROBED
 
-    def _start(self, index: int, flow_row: np.void) -> None:
-        decoder = self.decoders[index]
-        self.claimed[decoder.name] += 1
+    def _inspect(
+        self,
+        buffer: np.ndarray,
+        overrides: dict[int, np.ndarray],
+        packets: np.ndarray,
+        candidates: np.ndarray,
+        rows: np.ndarray,
+        direction: np.ndarray,
+        timestamps: np.ndarray,
+        first_packet_number: int,
+        flows: np.ndarray,
+    ) -> None:
+        """Show content inspectors every cleartext payload of the batch, whichever decoder has the flow."""
+        clear = ~np.isin(flows["decoder"][rows].astype(np.int64), self.encrypted_states)
+        if overrides:  # reassembled IP fragments live outside the batch buffer: give them their own pass
+            clear &= ~np.isin(candidates, np.fromiter(overrides, np.int64, len(overrides)))
+        chosen = candidates[clear]
+        if chosen.shape[0] == 0:
+            return
+        keys = flows["uid"][rows[clear]].astype(np.int64) * 2 + direction[chosen].astype(np.int64)
+        sources = [(buffer, packets["payload_offset"][chosen], packets["payload_captured"][chosen], keys, chosen)]
+        wanted = set(candidates.tolist())
+        for index in overrides:
+            if index in wanted and not np.isin(
+                flows["decoder"][rows[np.searchsorted(candidates, index)]], self.encrypted_states
+            ):
+                row = packets[index]
+                start, length = int(row["payload_offset"]), int(row["payload_captured"])
+                data = np.ascontiguousarray(overrides[index][start : start + length])
+                row_index = int(rows[np.searchsorted(candidates, index)])
+                key = np.array([int(flows["uid"][row_index]) * 2 + int(direction[index])])
+                sources.append((data, np.zeros(1, np.int64), np.array([length]), key, np.array([index])))
+        for decoder_index in self.content_decoders:
+            decoder = self.decoders[decoder_index]
+            for data, starts, lengths, group_keys, indices in sources:
+                try:
+                    found = decoder.inspect(data, starts, lengths, group_keys)  # type: ignore[attr-defined]
+                except Exception as error:  # an inspector must not raise; record it and go on
+                    found = []
+                    log.warning("content inspector %s raised %r", decoder.name, error)
+                for payload_index, _offset, fields in found:
+                    index = int(indices[payload_index])
+                    row_index = int(rows[np.searchsorted(candidates, index)])
+                    envelope = self._content_envelope(flows[row_index])
+                    side = int(direction[index])
+                    event = Event(next(iter(decoder.tables)), str(fields["kind"]), fields)
+                    self.buffer.add(
+                        {**envelope, "direction": DIRECTION_NAMES[side]},
+                        event,
+                        int(timestamps[index]),
+                        first_packet_number + index,
+                    )
+
+    def _content_envelope(self, flow_row: np.void) -> dict[str, object]:
+        uid = int(flow_row["uid"])
+        envelope = self.content_envelopes.get(uid)
+        if envelope is None:
+            session = self.sessions.get(uid)
+            envelope = session.envelope if session is not None else self._envelope(flow_row)
+            self.content_envelopes[uid] = envelope
+        return envelope
+
+    def _envelope(self, flow_row: np.void) -> dict[str, object]:
         high = np.array([flow_row["client_high"], flow_row["server_high"]], np.uint64)
         low = np.array([flow_row["client_low"], flow_row["server_low"]], np.uint64)
         client_ip, server_ip = address_strings(high, low)
         transport = int(flow_row["transport"])
-        envelope: dict[str, object] = {
+        return {
             "capture_id": self.capture_id,
             "flow_id": f"{int(flow_row['hash']):016x}",
             "community_id": community_id(
@@ -348,6 +418,11 @@ class Dispatcher:
             "server_port": int(flow_row["server_port"]),
             "transport": TRANSPORT_NAMES.get(transport, str(transport)),
         }
+
+    def _start(self, index: int, flow_row: np.void) -> None:
+        decoder = self.decoders[index]
+        self.claimed[decoder.name] += 1
+        envelope = self._envelope(flow_row)
         streams = (StreamReassembler(), StreamReassembler()) if decoder.transport == "tcp" else None
         self.sessions[int(flow_row["uid"])] = _FlowSession(
             index, decoder.session_for(int(flow_row["server_port"])), envelope, streams
@@ -448,6 +523,9 @@ class Dispatcher:
 
     def close_flows(self, ended: np.ndarray) -> None:
         """Flush and close the sessions of flows that ended."""
+        if self.content_envelopes and ended.shape[0]:
+            for uid in ended["uid"].tolist():
+                self.content_envelopes.pop(uid, None)
         if not self.sessions or ended.shape[0] == 0:
             return
         for uid, last_timestamp, last_packet in zip(

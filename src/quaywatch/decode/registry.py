@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from quaywatch.decode.bacnet import BacnetDecoder
 from quaywatch.decode.base import Decoder
+from quaywatch.decode.cargo import CargoContent
 from quaywatch.decode.cdp import CdpDecoder
 from quaywatch.decode.dhcp import DhcpDecoder
 from quaywatch.decode.dhcp.v6 import Dhcpv6Decoder
@@ -75,4 +76,5 @@ def all_decoders() -> list[Decoder]:
         TelnetDecoder(),
         NtpDecoder(),
         TftpDecoder(),
+        CargoContent(),
     ]

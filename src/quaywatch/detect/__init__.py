@@ -1,0 +1,1 @@
+"""Detections: rule files and statistical modules that turn stored events into alerts."""
