@@ -25,6 +25,7 @@ from rich.table import Table
 
 from quaywatch import __version__
 from quaywatch.analysis import Analyzer, CaptureResult, expand_inputs
+from quaywatch.cli.alerts import COMMANDS as ALERT_COMMANDS
 from quaywatch.cli.assets import assets, import_inventory
 from quaywatch.cli.map import map_command
 from quaywatch.cli.policy import policy
@@ -352,6 +353,8 @@ main.add_command(assets)
 main.add_command(policy)
 main.add_command(map_command)
 main.add_command(sim)
+for _command in ALERT_COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from quaywatch.cli.sim_live import live
 from quaywatch.sim.model import ModelError
 from quaywatch.sim.scenarios import SCENARIOS
 from quaywatch.sim.simulate import parse_duration, parse_scenario, simulate
@@ -123,3 +124,6 @@ def write_model(file: Path) -> None:
     text = resources.files("quaywatch.data").joinpath("sim", "terminal.yaml").read_text(encoding="utf-8")
     file.write_text(text, encoding="utf-8")
     click.echo(f"wrote {file}")
+
+
+sim.add_command(live)

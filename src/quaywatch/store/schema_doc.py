@@ -96,6 +96,18 @@ def render() -> str:
     lines += _table("host_zones", HOST_ZONES_SCHEMA, "The policy zone of every address seen in flows (docs/policy.md).")
     lines += _table("flow_policy", FLOW_POLICY_SCHEMA, "The policy verdict of every flow (docs/policy.md, Evaluation).")
     lines += _table("asset_risk", RISK_SCHEMA, "The risk rating of every asset, with its reasons (docs/assets.md).")
+    from quaywatch.detect.alert_store import ALERTS_SCHEMA
+    from quaywatch.detect.suppression import SUPPRESSIONS_SCHEMA
+
+    lines += _table("alerts", ALERTS_SCHEMA, "Alerts of every detection, one row per occurrence (docs/detections.md).")
+    lines += _table(
+        "alert_suppressions", SUPPRESSIONS_SCHEMA, "Stored suppression entries, applied when alerts are read."
+    )
+    from quaywatch.detect.baseline import BASELINE_SCHEMA, BASELINE_TABLE
+
+    lines += _table(
+        BASELINE_TABLE, BASELINE_SCHEMA, "What the learning period saw, rewritten by each D8 run (docs/detections.md)."
+    )
     return "\n".join(lines)
 
 

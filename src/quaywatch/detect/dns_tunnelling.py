@@ -1,0 +1,493 @@
+"""D5: DNS tunnelling and DNS exfiltration (ATT&CK for ICS T0869, Enterprise T1048).
+
+A tunnel or an exfiltration tool has to put its data into the names it asks for, under a domain whose
+authoritative server it controls: many distinct, long, random-looking subdomains of one registered domain,
+often with record types whose answers carry data (TXT, NULL, CNAME), often for names that do not exist.
+Each of those signals is measured per client and registered domain over the whole ``dns`` table and scored
+as an explained component; one very suspicious name (a long label of encoded data) is enough to fire, and
+so is a large volume of merely odd names.
+
+Normal resolvers stay quiet because the score needs encoded-looking names (a label of at least
+``ENCODED_LABEL_OCTETS`` octets, or characters no host name has) before any volume counts, and because local
+name services (mDNS, LLMNR, NetBIOS), reverse lookups (PTR, ``*.arpa``) and reserved suffixes (``*.local``)
+are left out: the lists are in ``data/dns_tunnelling.yaml`` with their sources.
+
+Registered domains follow the Public Suffix List snapshot bundled with the ``publicsuffixlist`` package
+(no fetch: the package reads its own file), so ``a.b.example.co.uk`` counts under ``example.co.uk``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import math
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import yaml
+from publicsuffixlist import PublicSuffixList
+
+from quaywatch.decode.dns.message import escape
+from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from quaywatch.detect.context import DetectionContext
+
+DETECTION = "D5.dns-tunnelling"
+REQUIRES = ("dns",)
+TECHNIQUES = ["T0869", "T1048"]
+DATA_FILE = "dns_tunnelling.yaml"
+
+#: The score from which a client and domain become an alert, and from which the alert is high severity.
+ALERT_SCORE = 0.5
+HIGH_SCORE = 0.8
+#: A label this long, or a character outside letters, digits, hyphen (and a leading underscore), marks encoded data.
+ENCODED_LABEL_OCTETS = 25
+#: Evidence kept per alert: example names, packet numbers, flows.
+EXAMPLE_NAMES = 5
+EVIDENCE_PACKETS = 20
+EVIDENCE_FLOWS = 10
+#: Host-name characters (RFC 952, RFC 1123 section 2.1): anything else in a label is a sign of encoded data.
+HOST_NAME_OCTETS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceData:
+    """What the data file lists: suffixes, ports and query types to leave out, and tunnel query types."""
+
+    version: str
+    local_suffixes: tuple[str, ...]
+    local_ports: tuple[int, ...]
+    excluded_query_types: tuple[str, ...]
+    tunnel_query_types: tuple[str, ...]
+
+
+@functools.cache
+def reference_data() -> ReferenceData:
+    """Loaded once: the lists are reference data with sources, not literals in the code."""
+    text = resources.files("quaywatch.data").joinpath(DATA_FILE).read_text(encoding="utf-8")
+    document: dict[str, Any] = yaml.safe_load(text)
+    return ReferenceData(
+        version=str(document["version"]),
+        local_suffixes=tuple(str(item["suffix"]).lower() for item in document["local_suffixes"]),
+        local_ports=tuple(int(item["port"]) for item in document["local_ports"]),
+        excluded_query_types=tuple(str(item["type"]) for item in document["excluded_query_types"]),
+        tunnel_query_types=tuple(str(item["type"]) for item in document["tunnel_query_types"]),
+    )
+
+
+@functools.cache
+def _suffix_list() -> PublicSuffixList:
+    """The bundled Public Suffix List (ICANN and private sections: a CDN customer counts as its own domain)."""
+    return PublicSuffixList()
+
+
+def registered_domain(name: str) -> str:
+    """The domain a name was registered under: one label below its public suffix; unknown TLDs count as suffixes."""
+    name = name.rstrip(".").lower()
+    private = _suffix_list().privatesuffix(name)
+    if private:
+        return str(private)
+    labels = name.split(".")
+    return ".".join(labels[-2:])
+
+
+def _clip(value: float) -> float:
+    return 0.0 if value != value else min(1.0, max(0.0, value))  # NaN (no data) counts as nothing
+
+
+def _encoded_characters(label: bytes) -> bool:
+    """Characters no host name has; a leading underscore is allowed (SRV, DKIM, DMARC: ``_sip._tcp``)."""
+    body = label[1:] if label.startswith(b"_") else label
+    return any(octet not in HOST_NAME_OCTETS for octet in body)
+
+
+@dataclass(slots=True)
+class _Name:
+    """One distinct query name of a client: where it belongs and what its subdomain part looks like."""
+
+    domain: str
+    subdomain: bytes
+    longest_label: int
+    encoded_characters: bool
+
+
+def _describe(raw: bytes) -> _Name:
+    """Split a name (as received, ASCII lower-cased) into its registered domain, escaped, and its subdomain octets.
+
+    The domain is the alert's key and title, so it is escaped the way ``dns.query_name`` is (control octets,
+    spaces and non-ASCII become ``\\xNN``); the subdomain stays raw octets for the length and entropy measures.
+    """
+    trimmed = raw.rstrip(b".")
+    text = trimmed.decode("latin-1")
+    cut = max(0, len(text) - len(registered_domain(text)))
+    subdomain = trimmed[: cut - 1] if cut > 0 else b""
+    labels = [label for label in subdomain.split(b".") if label]
+    return _Name(
+        domain=".".join(escape(label) for label in trimmed[cut:].split(b".")),
+        subdomain=subdomain,
+        longest_label=max((len(label) for label in labels), default=0),
+        encoded_characters=any(_encoded_characters(label) for label in labels),
+    )
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    row = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [name]
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def _filtered_view(con: duckdb.DuckDBPyConnection, data: ReferenceData) -> None:
+    """Queries and responses that could carry tunnelled data: upstream names, no local services, no PTR.
+
+    A temporary table, computed once: the later steps read it three times. A suffix is matched against the
+    name's last one, two or three labels, a hash lookup rather than one string test per suffix.
+    """
+    suffixes = ", ".join("'" + suffix.replace("'", "''") + "'" for suffix in data.local_suffixes) or "''"
+    ports = ", ".join(str(int(port)) for port in data.local_ports)
+    types = ", ".join("'" + name.replace("'", "''") + "'" for name in data.excluded_query_types) or "''"
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE d5_messages AS
+        SELECT * EXCLUDE (last_labels) FROM (
+            SELECT capture_id, ts, packet_number, flow_id, community_id, client_ip, event_type, query_name,
+                   query_name_raw, query_type_name, rcode_name, name_key,
+                   string_split(name_key, '.')[-3:] AS last_labels
+            FROM (
+                SELECT *, lower(rtrim(query_name, '.')) AS name_key FROM dns
+                WHERE event_type IN ('query', 'response') AND query_name_raw IS NOT NULL AND label_count >= 2
+                  AND client_ip IS NOT NULL
+                  AND coalesce(server_port, 53) NOT IN ({ports})
+                  AND coalesce(query_type_name, '') NOT IN ({types})
+            )
+        )
+        WHERE last_labels[-1] NOT IN ({suffixes})
+          AND array_to_string(last_labels[-2:], '.') NOT IN ({suffixes})
+          AND array_to_string(last_labels, '.') NOT IN ({suffixes})
+    """)
+
+
+def _names(con: duckdb.DuckDBPyConnection) -> pa.Table:
+    """Each distinct name once, split into registered domain and subdomain (the one step done in Python)."""
+    keys: list[str] = []
+    domains: list[str] = []
+    subdomains: list[bytes] = []
+    longest: list[int] = []
+    encoded: list[bool] = []
+    for key, raw in con.execute("SELECT name_key, any_value(query_name_raw) FROM d5_messages GROUP BY 1").fetchall():
+        name = _describe(bytes(raw).lower())
+        keys.append(key)
+        domains.append(name.domain)
+        subdomains.append(name.subdomain)
+        longest.append(name.longest_label)
+        encoded.append(name.encoded_characters)
+    return pa.table(
+        {
+            "name_key": pa.array(keys, pa.string()),
+            "domain": pa.array(domains, pa.string()),
+            "subdomain": pa.array(subdomains, pa.binary()),
+            "subdomain_length": pa.array([len(text) for text in subdomains], pa.int64()),
+            "longest_label": pa.array(longest, pa.int64()),
+            "encoded": pa.array(encoded, pa.bool_()),
+        }
+    )
+
+
+def _entropy(groups: np.ndarray, texts: list[bytes], group_count: int) -> np.ndarray:
+    """Shannon entropy (bits per character) of the characters of each group's distinct subdomains, vectorised."""
+    if not texts:
+        return np.zeros(group_count)
+    lengths = np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts))
+    octets = np.frombuffer(b"".join(texts), dtype=np.uint8).astype(np.int64)
+    owner = np.repeat(groups, lengths)
+    keep = octets != ord(".")
+    keys, counts = np.unique(owner[keep] * 256 + octets[keep], return_counts=True)
+    owners = keys // 256
+    totals = np.bincount(owners, weights=counts, minlength=group_count)
+    shares = counts / totals[owners]
+    return np.bincount(owners, weights=-shares * np.log2(shares), minlength=group_count)
+
+
+@dataclass(slots=True)
+class _Group:
+    """The measurements of one client and registered domain."""
+
+    client_ip: str
+    domain: str
+    queries: int = 0
+    responses: int = 0
+    nxdomain: int = 0
+    tunnel_types: int = 0
+    distinct_names: int = 0
+    subdomain_octets: int = 0
+    longest_label: int = 0
+    encoded_names: int = 0
+    entropy: float = 0.0
+    first_seen: dt.datetime | None = None
+    last_seen: dt.datetime | None = None
+
+
+def _components(group: _Group) -> list[ScoreComponent]:
+    """The explained score: each signal scaled to 0..1 between a normal and a tunnel-like value, then weighted."""
+    span = (group.last_seen - group.first_seen).total_seconds() if group.first_seen and group.last_seen else 0.0
+    rate = group.queries / max(span / 60.0, 1.0)
+    nxdomain_share = group.nxdomain / group.responses if group.responses else 0.0
+    return [
+        ScoreComponent(
+            "longest_label",
+            _clip((group.longest_label - 24) / (52 - 24)),
+            0.25,
+            f"The longest subdomain label is {group.longest_label} octets; host names stay under 25, tunnels fill "
+            "labels towards the 63-octet limit (full at 52).",
+        ),
+        ScoreComponent(
+            "entropy",
+            _clip((group.entropy - 3.2) / (4.2 - 3.2)),
+            0.20,
+            f"The subdomain characters carry {group.entropy:.2f} bits each (Shannon); words stay near 3, hex "
+            "reaches 4 and base32/base64 encodings 5 or more (full at 4.2).",
+        ),
+        ScoreComponent(
+            "distinct_subdomains",
+            _clip((math.log10(max(group.distinct_names, 1)) - 1) / 2),
+            0.15,
+            f"{group.distinct_names} distinct names under the domain; a tunnel needs a new name for every chunk "
+            "(nothing below 10, full at 1,000).",
+        ),
+        ScoreComponent(
+            "volume",
+            _clip((math.log10(max(group.subdomain_octets, 1)) - 3) / 2),
+            0.10,
+            f"{group.subdomain_octets} octets of distinct subdomain text: the most data the names can have carried "
+            "out (nothing below 1 kB, full at 100 kB).",
+        ),
+        ScoreComponent(
+            "query_rate",
+            _clip((rate - 5) / (60 - 5)),
+            0.05,
+            f"{rate:.1f} queries a minute for the domain; a resolver's cache keeps normal clients far lower "
+            "(nothing below 5, full at 60).",
+        ),
+        ScoreComponent(
+            "data_record_types",
+            _clip(group.tunnel_types / group.queries if group.queries else 0.0),
+            0.10,
+            f"{group.tunnel_types} of {group.queries} queries ask for TXT, NULL, CNAME or ANY, whose answers carry "
+            "the tunnel's return data.",
+        ),
+        ScoreComponent(
+            "nxdomain",
+            _clip(nxdomain_share),
+            0.05,
+            f"{group.nxdomain} of {group.responses} responses are NXDOMAIN: one-way exfiltration needs no answer.",
+        ),
+        ScoreComponent(
+            "encoded_characters",
+            _clip(group.encoded_names / group.distinct_names if group.distinct_names else 0.0),
+            0.10,
+            f"{group.encoded_names} of {group.distinct_names} names hold characters no host name has "
+            "(base64 '+/=', '*', binary), the mark of raw encoded data.",
+        ),
+    ]
+
+
+def score(components: list[ScoreComponent]) -> float:
+    """The weighted sum of the components (the weights add up to 1)."""
+    return round(sum(component.value * component.weight for component in components), 4)
+
+
+def _zones(con: duckdb.DuckDBPyConnection, address: str) -> list[str]:
+    """The client's zone when another stage mapped hosts to zones (``host_zones``); none otherwise."""
+    if not _table_exists(con, "host_zones"):
+        return []
+    rows = con.execute("SELECT DISTINCT zone FROM host_zones WHERE ip = ? AND zone IS NOT NULL", [address]).fetchall()
+    return sorted(str(row[0]) for row in rows)
+
+
+_GROUPS_SQL = """
+WITH suspect_domains AS (
+    SELECT DISTINCT domain FROM d5_names WHERE {suspect}
+),
+messages AS (
+    SELECT m.*, n.domain FROM d5_messages m JOIN d5_names n USING (name_key)
+    WHERE n.domain IN (SELECT domain FROM suspect_domains)
+),
+distinct_names AS (
+    SELECT client_ip, domain, name_key, min(ts) AS first_ts, arg_min(query_name, ts) AS query_name
+    FROM messages WHERE event_type = 'query' GROUP BY ALL
+),
+name_totals AS (
+    SELECT d.client_ip, d.domain, count(*) AS distinct_names, sum(n.subdomain_length) AS subdomain_octets,
+           max(n.longest_label) AS longest_label, count(*) FILTER (WHERE n.encoded) AS encoded_names,
+           list(d.query_name ORDER BY d.first_ts, d.name_key)[1:{examples}] AS examples
+    FROM distinct_names d JOIN d5_names n USING (name_key) GROUP BY ALL
+),
+message_totals AS (
+    SELECT client_ip, domain,
+           count(*) FILTER (WHERE event_type = 'query') AS queries,
+           count(*) FILTER (WHERE event_type = 'response') AS responses,
+           count(*) FILTER (WHERE event_type = 'response' AND rcode_name = 'NXDOMAIN') AS nxdomain,
+           count(*) FILTER (WHERE event_type = 'query' AND query_type_name IN ({tunnel_types})) AS tunnel_types,
+           min(ts) FILTER (WHERE event_type = 'query') AS first_seen,
+           max(ts) FILTER (WHERE event_type = 'query') AS last_seen,
+           list(struct_pack(capture_id, packet_number, flow_id) ORDER BY ts, capture_id, packet_number)
+               FILTER (WHERE event_type = 'query')[1:{packets}] AS packets,
+           list(DISTINCT community_id) FILTER (WHERE event_type = 'query' AND community_id IS NOT NULL) AS communities,
+           list(DISTINCT flow_id) FILTER (WHERE event_type = 'query' AND flow_id IS NOT NULL) AS flows
+    FROM messages GROUP BY ALL
+)
+SELECT * FROM message_totals JOIN name_totals USING (client_ip, domain)
+WHERE queries > 0 AND ({suspect_group})
+ORDER BY client_ip, domain
+"""
+
+
+@dataclass(slots=True)
+class Measurement:
+    """One client and registered domain, measured and scored (``gated``: it had an encoded-looking name)."""
+
+    group: _Group
+    components: list[ScoreComponent]
+    score: float
+    gated: bool
+    row: dict[str, Any]
+
+
+def measure(con: duckdb.DuckDBPyConnection, every_domain: bool = False) -> list[Measurement]:
+    """Score each client and registered domain; only those with an encoded-looking name unless ``every_domain``.
+
+    A client and domain without one encoded-looking name is never an alert (volume alone is a busy resolver
+    client), so detection skips them early, which keeps the aggregation and the entropy step small; a test or an
+    analyst asks for ``every_domain`` to see how far below the threshold normal traffic stays.
+    """
+    if not _table_exists(con, "dns"):
+        return []
+    data = reference_data()
+    _filtered_view(con, data)
+    names = _names(con)
+    if names.num_rows == 0:
+        con.execute("DROP TABLE IF EXISTS d5_messages")
+        return []
+    suspect = f"longest_label >= {ENCODED_LABEL_OCTETS} OR encoded"
+    con.register("d5_names", names)
+    try:
+        sql = _GROUPS_SQL.format(
+            examples=EXAMPLE_NAMES,
+            packets=EVIDENCE_PACKETS,
+            suspect="true" if every_domain else suspect,
+            suspect_group="true" if every_domain else f"longest_label >= {ENCODED_LABEL_OCTETS} OR encoded_names > 0",
+            tunnel_types=", ".join("'" + name.replace("'", "''") + "'" for name in data.tunnel_query_types),
+        )
+        candidates = con.sql(sql).to_arrow_table().to_pylist()
+        if not candidates:
+            return []
+        subdomains = con.sql(
+            f"""SELECT DISTINCT q.client_ip, n.domain, n.name_key, n.subdomain FROM d5_messages q
+               JOIN d5_names n USING (name_key) WHERE q.event_type = 'query' AND n.domain IN (
+                   SELECT domain FROM d5_names WHERE {"true" if every_domain else suspect})"""
+        ).to_arrow_table()
+    finally:
+        con.unregister("d5_names")
+        con.execute("DROP TABLE IF EXISTS d5_messages")  # the working copy lives in the caller's connection
+    index = {(row["client_ip"], row["domain"]): position for position, row in enumerate(candidates)}
+    owners = [
+        index.get((client, domain), -1)
+        for client, domain in zip(
+            subdomains.column("client_ip").to_pylist(), subdomains.column("domain").to_pylist(), strict=True
+        )
+    ]
+    texts = subdomains.column("subdomain").to_pylist()
+    chosen = [position for position, owner in enumerate(owners) if owner >= 0]
+    entropy = _entropy(
+        np.asarray([owners[position] for position in chosen], dtype=np.int64),
+        [texts[position] for position in chosen],
+        len(candidates),
+    )
+    measured = []
+    for position, row in enumerate(candidates):
+        group = _Group(
+            client_ip=str(row["client_ip"]),
+            domain=str(row["domain"]),
+            queries=int(row["queries"]),
+            responses=int(row["responses"]),
+            nxdomain=int(row["nxdomain"]),
+            tunnel_types=int(row["tunnel_types"]),
+            distinct_names=int(row["distinct_names"]),
+            subdomain_octets=int(row["subdomain_octets"] or 0),
+            longest_label=int(row["longest_label"] or 0),
+            encoded_names=int(row["encoded_names"]),
+            entropy=float(entropy[position]),
+            first_seen=row["first_seen"],
+            last_seen=row["last_seen"],
+        )
+        components = _components(group)
+        gated = group.longest_label >= ENCODED_LABEL_OCTETS or group.encoded_names > 0
+        measured.append(Measurement(group, components, score(components), gated, row))
+    return measured
+
+
+def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
+    """One alert per client and registered domain whose names look like a tunnel or an exfiltration channel."""
+    alerts = [
+        _alert(con, item.group, item.components, item.score, item.row)
+        for item in measure(con)
+        if item.gated and item.score >= ALERT_SCORE
+    ]
+    return sorted(alerts, key=lambda alert: (-alert.score, alert.key["client_ip"], alert.key["domain"]))
+
+
+def _alert(
+    con: duckdb.DuckDBPyConnection, group: _Group, components: list[ScoreComponent], total: float, row: dict[str, Any]
+) -> Alert:
+    strongest = sorted(components, key=lambda component: -component.value * component.weight)[:3]
+    reasons = " ".join(component.explanation for component in strongest if component.value > 0)
+    packets = row["packets"] or []
+    assert group.first_seen is not None and group.last_seen is not None  # a group with queries has both
+    return Alert(
+        detection=DETECTION,
+        title=f"DNS tunnelling or exfiltration from {group.client_ip} through {group.domain}",
+        key={"client_ip": group.client_ip, "domain": group.domain},
+        severity="high" if total >= HIGH_SCORE else "medium",
+        confidence=total,
+        techniques=list(TECHNIQUES),
+        first_seen=group.first_seen,
+        last_seen=group.last_seen,
+        count=group.queries,
+        explanation=(
+            f"{group.client_ip} sent {group.queries} queries for {group.distinct_names} distinct names under "
+            f"{group.domain} shaped like encoded data (score {total:.2f} of 1, alert from {ALERT_SCORE}). "
+            f"{reasons}"
+        ),
+        score=total,
+        score_components=components,
+        assets=[group.client_ip],
+        zones=_zones(con, group.client_ip),
+        evidence=Evidence(
+            flow_ids=sorted(row["flows"] or [])[:EVIDENCE_FLOWS],
+            community_ids=sorted(row["communities"] or [])[:EVIDENCE_FLOWS],
+            events=[
+                EventReference("dns", str(packet["capture_id"]), packet["packet_number"], packet["flow_id"])
+                for packet in packets
+            ],
+            packet_numbers=[int(packet["packet_number"]) for packet in packets if packet["packet_number"] is not None],
+            values={
+                "domain": group.domain,
+                "queries": group.queries,
+                "responses": group.responses,
+                "distinct_names": group.distinct_names,
+                "subdomain_octets": group.subdomain_octets,
+                "longest_label": group.longest_label,
+                "entropy_bits_per_character": round(group.entropy, 3),
+                "data_record_type_queries": group.tunnel_types,
+                "nxdomain_responses": group.nxdomain,
+                "encoded_character_names": group.encoded_names,
+                "example_names": list(row["examples"] or []),
+                "reference_data_version": reference_data().version,
+            },
+        ),
+    )

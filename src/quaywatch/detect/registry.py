@@ -1,0 +1,185 @@
+"""The detection engine: builds the context views, runs every rule file, then every statistical module.
+
+Rules (``detect/rules/*.yaml``, evaluated by detect/rules.py) and modules (one Python file each) both return
+:class:`~quaywatch.detect.alert.Alert` lists; the engine folds and writes them to the ``alerts`` table
+(detect/alert_store.py). A rule or module whose tables are absent is skipped and reported, not an error: a store
+without SNMP traffic simply has no SNMP alerts.
+
+Adding a statistical module: write ``detect/<name>.py`` with ``DETECTION = "D4.beaconing"`` (the detection id its
+alerts carry), ``REQUIRES = ("flows",)`` (tables it reads) and
+``def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]``, then add one import line and
+one entry to ``MODULES`` below. A module whose alerts carry other detection ids than ``DETECTION`` lists them all in
+``DETECTIONS``, so that a run that finds none of one of them still clears its earlier rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import duckdb
+import yaml
+
+from quaywatch.assets.declared import CELLULAR_MAKER_ROLES, CELLULAR_ROLE
+from quaywatch.detect import baseline, beaconing, dns_tunnelling
+from quaywatch.detect.alert import ALERTS_TABLE, Alert
+from quaywatch.detect.alert_store import ALERTS_SCHEMA, write_alerts
+from quaywatch.detect.context import DetectionContext
+from quaywatch.detect.rules import Rule, RuleError, evaluate, load_rules, relations
+from quaywatch.store.database import Store
+
+# Statistical modules, run after the rules. To add one: `from quaywatch.detect import beaconing` above, and
+# `beaconing,` here.
+MODULES: list[ModuleType] = [
+    beaconing,
+    dns_tunnelling,
+    baseline,
+]
+
+HOST_CONTEXT = "host_context"
+ASSET_FINDINGS = "asset_findings"
+
+
+@dataclass(slots=True)
+class DetectionSummary:
+    """What a run did: alerts per detection, what was skipped and why, what failed."""
+
+    alerts: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
+    detected_at: dt.datetime | None = None
+
+    @property
+    def total(self) -> int:
+        return sum(self.alerts.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "alerts": dict(sorted(self.alerts.items())),
+            "total": self.total,
+            "skipped": dict(sorted(self.skipped.items())),
+            "failed": dict(sorted(self.failed.items())),
+            "detected_at": self.detected_at.isoformat() if self.detected_at else None,
+        }
+
+
+def _ot_roles() -> list[str]:
+    text = resources.files("quaywatch.data").joinpath("ot_roles.yaml").read_text(encoding="utf-8")
+    return [str(role) for role in yaml.safe_load(text)["roles"]]
+
+
+def build_context_views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """(Re)create the engine's context relations as temporary tables; returns their names.
+
+    ``host_context``: one row per address with its asset (``assets``, addresses unnested) and its policy zone
+    (``host_zones``, written by the policy evaluation), whichever exist; ``ot`` comes from the zone when the policy
+    says, else from the asset's role (data/ot_roles.yaml). ``asset_findings``: ``inventory_findings`` with the asset's
+    times, role and a ``cellular`` flag, so a rule can single out the undeclared modem. Temporary tables rather than
+    views so that reference values are bound parameters; they vanish with the connection and never enter the file.
+    """
+    present = relations(con)
+    assets = "assets" in present
+    zones = "host_zones" in present
+    asset_side = (
+        "SELECT DISTINCT unnest(ips) AS ip, asset_id, role, maker, maker_country, listed, maker_roles FROM assets"
+        if assets
+        else "SELECT NULL::VARCHAR AS ip, NULL::VARCHAR AS asset_id, NULL::VARCHAR AS role, NULL::VARCHAR AS maker, "
+        "NULL::VARCHAR AS maker_country, NULL::VARCHAR[] AS listed, NULL::VARCHAR[] AS maker_roles WHERE false"
+    )
+    zone_side = (
+        "SELECT ip, zone, purdue, ot, source FROM host_zones"
+        if zones
+        else "SELECT NULL::VARCHAR AS ip, NULL::VARCHAR AS zone, NULL::DOUBLE AS purdue, NULL::BOOLEAN AS ot, "
+        "NULL::VARCHAR AS source WHERE false"
+    )
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {HOST_CONTEXT} AS
+        WITH a AS ({asset_side}), z AS ({zone_side})
+        SELECT coalesce(a.ip, z.ip) AS ip, a.asset_id, a.role, a.maker, a.maker_country,
+               coalesce(a.listed, []::VARCHAR[]) AS listed, coalesce(a.maker_roles, []::VARCHAR[]) AS maker_roles,
+               z.zone, z.purdue, coalesce(z.ot, a.role IN (SELECT unnest(?::VARCHAR[])), false) AS ot,
+               z.source AS zone_source
+        FROM a FULL OUTER JOIN z ON a.ip = z.ip
+        """,
+        [_ot_roles()],
+    )
+    made = [HOST_CONTEXT]
+    if assets and "inventory_findings" in present:
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE {ASSET_FINDINGS} AS
+            SELECT f.*, a.first_seen, a.last_seen, a.role, a.maker, a.maker_country, a.listed, a.maker_roles,
+                   coalesce(a.role = ? OR list_has_any(coalesce(a.maker_roles, []), ?::VARCHAR[]), false) AS cellular
+            FROM inventory_findings AS f LEFT JOIN assets AS a USING (asset_id)
+            """,
+            [CELLULAR_ROLE, sorted(CELLULAR_MAKER_ROLES)],
+        )
+        made.append(ASSET_FINDINGS)
+    else:
+        con.execute(f"DROP TABLE IF EXISTS temp.{ASSET_FINDINGS}")
+    return made
+
+
+def _connection(target: Store | duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    if isinstance(target, Store):
+        target.flush()
+        target.ensure_table(ALERTS_TABLE, ALERTS_SCHEMA)
+        return target.connection
+    return target
+
+
+def run_detections(
+    target: Store | duckdb.DuckDBPyConnection,
+    context: DetectionContext | None = None,
+    rules: list[Rule] | None = None,
+    rules_folder: Path | None = None,
+    modules: list[ModuleType] | None = None,
+) -> DetectionSummary:
+    """Run the rules, then the modules, over the store and replace their alerts; raises RuleError on a bad rule file."""
+    context = context or DetectionContext()
+    con = _connection(target)
+    summary = DetectionSummary(detected_at=context.now)
+    build_context_views(con)
+    present = relations(con)
+    chosen = rules if rules is not None else load_rules(rules_folder)
+    ran: list[str] = []
+    alerts: list[Alert] = []
+    for rule in chosen:
+        missing = [table for table in rule.tables if table not in present]
+        missing = [table for table in missing if table not in (HOST_CONTEXT, ASSET_FINDINGS)] or missing
+        if missing:
+            summary.skipped[rule.id] = f"no table {', '.join(missing)} in the store"
+            continue
+        try:
+            found = evaluate(con, rule, context.now)
+        except (duckdb.Error, RuleError) as error:
+            summary.failed[rule.id] = str(error)
+            continue
+        ran.append(rule.id)
+        alerts += found
+    for module in MODULES if modules is None else modules:
+        name = str(getattr(module, "DETECTION", module.__name__))
+        missing = [table for table in getattr(module, "REQUIRES", ()) if table not in present]
+        if missing:
+            summary.skipped[name] = f"no table {', '.join(missing)} in the store"
+            continue
+        try:
+            found = list(module.detect(con, context))
+        except duckdb.Error as error:
+            summary.failed[name] = str(error)
+            continue
+        emitted = {name, *getattr(module, "DETECTIONS", ()), *(alert.detection for alert in found)}
+        ran += sorted(emitted)
+        alerts += found
+    write_alerts(con, ran, alerts, context.now)
+    # Report rows after folding: what the table now holds for each detection that ran.
+    rows = con.execute(
+        f'SELECT detection, count(*) FROM "{ALERTS_TABLE}" WHERE detected_at = ? GROUP BY 1', [context.now]
+    ).fetchall()
+    summary.alerts = dict.fromkeys(ran, 0) | {str(detection): int(count) for detection, count in rows}
+    return summary

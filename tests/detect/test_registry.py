@@ -1,0 +1,57 @@
+"""The engine: a statistical module plugs in next to the rules; host_context joins assets and policy zones."""
+
+from __future__ import annotations
+
+import datetime as dt
+from types import SimpleNamespace
+from typing import Any
+
+import duckdb
+
+from quaywatch.detect.alert import Alert
+from quaywatch.detect.context import DetectionContext
+from quaywatch.detect.registry import build_context_views, run_detections
+
+NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
+
+
+def test_module_runs_after_rules_and_is_skipped_without_its_tables() -> None:
+    con = duckdb.connect()
+    seen: list[Any] = []
+
+    def detect(connection: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
+        seen.append(context.now)
+        return [Alert("D4.beaconing", "beacon", {"client_ip": "10.0.0.5"}, "high", 0.8, ["T0869"], NOW, NOW, 3, "x")]
+
+    module = SimpleNamespace(DETECTION="D4.beaconing", REQUIRES=("flows",), detect=detect, __name__="beaconing")
+    summary = run_detections(con, DetectionContext(now=NOW), rules=[], modules=[module])  # type: ignore[list-item]
+    assert summary.skipped == {"D4.beaconing": "no table flows in the store"} and seen == []
+    con.execute("CREATE TABLE flows (flow_id VARCHAR)")
+    summary = run_detections(con, DetectionContext(now=NOW), rules=[], modules=[module])  # type: ignore[list-item]
+    assert summary.alerts == {"D4.beaconing": 1} and seen == [NOW]
+    assert con.execute("SELECT detection, count FROM alerts").fetchall() == [("D4.beaconing", 3)]
+
+
+def test_host_context_prefers_policy_zones_and_falls_back_to_roles() -> None:
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE assets (asset_id VARCHAR, ips VARCHAR[], role VARCHAR, maker VARCHAR, "
+        "maker_country VARCHAR, listed VARCHAR[], maker_roles VARCHAR[])"
+    )
+    con.execute(
+        "INSERT INTO assets VALUES ('a1', ['10.0.0.40'], 'PLC', 'Schneider', 'FR', [], []), "
+        "('a2', ['10.0.0.9'], 'workstation', NULL, NULL, [], []), "
+        "('a3', ['10.0.0.7'], 'workstation', NULL, NULL, [], [])"
+    )
+    build_context_views(con)
+    rows = dict(con.execute("SELECT ip, ot FROM host_context").fetchall())
+    assert rows == {"10.0.0.40": True, "10.0.0.9": False, "10.0.0.7": False}
+    con.execute("CREATE TABLE host_zones (ip VARCHAR, zone VARCHAR, purdue DOUBLE, ot BOOLEAN, source VARCHAR)")
+    con.execute(
+        "INSERT INTO host_zones VALUES ('10.0.0.7', 'crane', 1, true, 'policy'), "
+        "('10.0.0.99', 'crane', 1, true, 'policy')"
+    )
+    build_context_views(con)
+    rows = {r[0]: r[1:] for r in con.execute("SELECT ip, ot, zone, asset_id FROM host_context").fetchall()}
+    assert rows["10.0.0.7"] == (True, "crane", "a3")  # the policy says OT whatever the role
+    assert rows["10.0.0.99"] == (True, "crane", None)  # a zone address with no asset yet
