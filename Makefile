@@ -37,6 +37,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# Detection catalogue against the simulator's ground truth, on seeds the tests never use (src/quaywatch/detect/evaluation.py).
+eval: $(STAMP)
+	$(BIN)/python -m quaywatch.detect.evaluation
+
 fuzz: $(STAMP)
 	QUAYWATCH_FUZZ_EXAMPLES=20000 $(BIN)/python -m pytest -q -m fuzz -p no:randomly tests
 

@@ -196,6 +196,7 @@ class PairContext:
     server_internal: bool = False  # private, link-local or inside a policy zone
     same_zone: bool = False
     approved_destination: bool = False
+    allowed_conduit: bool = False  # the site policy allows every flow of the pair (flow_policy verdicts)
 
 
 @cache
@@ -215,6 +216,8 @@ def role_prior(context: PairContext) -> tuple[float, str]:
     """The multiplier for this kind of pair and the sentence that justifies it."""
     multipliers = role_priors()["multipliers"]
     role = (context.client_role or "").lower()
+    if context.allowed_conduit:
+        return float(multipliers["allowed_conduit"]), "the site policy allows this conduit: periodic use is expected"
     if context.server_internal:
         if context.client_ot and context.server_ot:
             return float(multipliers["intra_ot"]), "both ends are inside OT, where periodic polling is normal"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -146,6 +146,15 @@ def _hosts(
         hosts[ip] = Host(role=role, zone=zone, ot=bool(ot) if ot is not None else role_is_ot, internal=internal,
                          asset_id=asset_id)  # fmt: skip
     return hosts
+
+
+def _allowed_pairs(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str, int]]:
+    """(client, server, port) pairs all of whose flows the policy allows: a conduit or an approved destination."""
+    rows = con.execute(
+        "SELECT f.client_ip, f.server_ip, f.server_port FROM flows f JOIN flow_policy p USING (capture_id, flow_id) "
+        "GROUP BY ALL HAVING bool_and(p.verdict IN ('allowed', 'intra_zone', 'external_allowed'))"
+    ).fetchall()
+    return {(str(client), str(server), int(port)) for client, server, port in rows}
 
 
 def _approved(policy: Policy | None, server_ip: str | None, name: str | None) -> bool:
@@ -298,12 +307,16 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     addresses = {str(ip) for column in ("client_ip", "server_ip") for ip in flows.get(column, [])}
     addresses |= {str(ip) for ip in names.get("client_ip", [])}
     hosts = _hosts(con, addresses, present, policy)
+    allowed = _allowed_pairs(con) if "flow_policy" in present else set()
     alerts: list[Alert] = []
     for part in _groups(flows):
         client_ip, server_ip = str(flows["client_ip"][part][0]), str(flows["server_ip"][part][0])
         port, transport = int(flows["server_port"][part][0]), str(flows["transport"][part][0])
         client, server = hosts[client_ip], hosts[server_ip]
-        pair = _pair_context(client, server, _approved(policy, server_ip, None))
+        pair = replace(
+            _pair_context(client, server, _approved(policy, server_ip, None)),
+            allowed_conduit=(client_ip, server_ip, port) in allowed,
+        )
         if role_prior(pair)[0] < threshold:  # the score is at most the prior: intra-OT polling costs nothing
             continue
         result = beacon_score(flows["us"][part] / 1e6, flows["size"][part].astype(np.float64), pair)

@@ -174,6 +174,12 @@ class Scenario(Source):
     techniques: ClassVar[tuple[str, ...]] = ()
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    #: True when the scenario changes normal frames on purpose (a stopped crane stops its OCR reads, a lying
+    #: sensor's answers carry the label), so "normal traffic is unchanged" holds only for the others.
+    alters_normal_traffic: ClassVar[bool] = False
+    #: Scenarios are built in this order (then as given): one that adds a device others use (the modem, an
+    #: attacker's foothold) comes first, so ``--scenario sabotage --scenario cellular-modem`` uses the modem too.
+    build_order: ClassVar[int] = 100
 
     def __init__(self, context: SimulationContext, parameters: dict[str, Any]) -> None:
         super().__init__(context)

@@ -135,6 +135,22 @@ class TerminalModel:
         self.devices.append(device)
         self._by_name[device.name] = device
 
+    def place(
+        self, name: str, zone: str, host: int, role: str, maker: str, model: str = "", firmware: str = "",
+        declared: bool = True,
+    ) -> Device:  # fmt: skip
+        """A device a scenario installs: an address in the zone, a MAC under the maker's prefix; added once."""
+        if name in self._by_name:
+            return self._by_name[name]
+        where = self.zones[zone]
+        device = Device(
+            name=name, zone=zone, role=role, maker=maker, ip=str(where.subnet.network_address + host),
+            mac=self.mac_for(maker, name), vlan=where.vlan, model=model, firmware=firmware,
+            serial=str(int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)), crane=where.crane, declared=declared,
+        )  # fmt: skip
+        self.add_device(device)
+        return device
+
     def gateway(self, zone: str) -> Device:
         """The router of a zone: the device holding an address there with role network device."""
         for device in self.devices:

@@ -90,7 +90,7 @@ def simulate(
     if scale <= 0:
         raise ValueError("scale must be more than zero")
     model = load_model(model_path, cranes)
-    chosen = list(scenarios or [])
+    chosen = sorted(scenarios or [], key=lambda item: scenario_named(item[0]).build_order)
     for name, parameters in chosen:
         scenario_named(name).prepare(model, parameters)
     start = model.start_epoch
