@@ -27,6 +27,7 @@ from quaywatch import __version__
 from quaywatch.analysis import Analyzer, CaptureResult, expand_inputs
 from quaywatch.cli.alerts import COMMANDS as ALERT_COMMANDS
 from quaywatch.cli.assets import assets, import_inventory
+from quaywatch.cli.intel import intel
 from quaywatch.cli.map import map_command
 from quaywatch.cli.policy import policy
 from quaywatch.cli.provenance import provenance
@@ -353,6 +354,7 @@ main.add_command(assets)
 main.add_command(policy)
 main.add_command(map_command)
 main.add_command(sim)
+main.add_command(intel)
 for _command in ALERT_COMMANDS:
     main.add_command(_command)
 

@@ -25,7 +25,17 @@ import duckdb
 import yaml
 
 from quaywatch.assets.declared import CELLULAR_MAKER_ROLES, CELLULAR_ROLE
-from quaywatch.detect import baseline, beaconing, dns_tunnelling
+from quaywatch.detect import (
+    baseline,
+    beaconing,
+    cellular,
+    container_leakage,
+    dns_tunnelling,
+    ics_commands,
+    remote_access,
+    threat_intel,
+    unapproved_flows,
+)
 from quaywatch.detect.alert import ALERTS_TABLE, Alert
 from quaywatch.detect.alert_store import ALERTS_SCHEMA, write_alerts
 from quaywatch.detect.context import DetectionContext
@@ -38,6 +48,12 @@ MODULES: list[ModuleType] = [
     beaconing,
     dns_tunnelling,
     baseline,
+    container_leakage,
+    ics_commands,
+    threat_intel,
+    unapproved_flows,
+    remote_access,
+    cellular,
 ]
 
 HOST_CONTEXT = "host_context"

@@ -36,6 +36,7 @@ from quaywatch.policy.model import (
     Problem,
     ProtocolAllow,
     RemoteAccess,
+    Setpoint,
     TimeWindow,
     Zone,
 )
@@ -340,6 +341,7 @@ TOP_KEYS = (
     "remote_access",
     "external_destinations",
     "container_data",
+    "setpoints",
 )
 
 
@@ -390,7 +392,8 @@ def load_policy_text(text: str, file: str = "policy.yaml") -> tuple[Policy, list
     container = _container(
         check, top.get("container_data"), zone_names, {c.name for c in conduits}, {e.name for e in external}
     )
-    policy = Policy(site, timezone, inter_zone, zones, conduits, engineering, remote, external, container)
+    setpoints = _setpoints(check, top.get("setpoints"))
+    policy = Policy(site, timezone, inter_zone, zones, conduits, engineering, remote, external, container, setpoints)
     check.problems.sort(key=lambda p: (p.line, p.severity != "error"))
     return policy, check.problems
 
@@ -796,4 +799,53 @@ def _container(
             check.error(item, path, "say where the data may flow: 'conduits', 'zones' or both")
         reason = check.text(keys.get("reason"), f"{path}.reason")
         out.append(ContainerDataFlow(name, kinds, conduits, zones, partners, reason, _line(item)))
+    return tuple(out)
+
+
+SETPOINT_KEYS = ("name", "targets", "protocol", "address", "unit_id", "min", "max", "description")
+SETPOINT_PROTOCOLS = ("modbus",)
+
+
+def _bound(check: _Checker, node: yaml.Node, path: str) -> float | None:
+    value = check.scalar(node, path)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        check.error(node, path, f"{_show(node)} is not a number")
+        return None
+    return float(value)
+
+
+def _setpoints(check: _Checker, node: yaml.Node | None) -> tuple[Setpoint, ...]:
+    """Safe bounds of written values (issue 7: writes outside them are an alert even from an engineering host)."""
+    out: list[Setpoint] = []
+    seen: set[str] = set()
+    for path, item in _items(check, node, "setpoints"):
+        keys = check.mapping(item, path, SETPOINT_KEYS, ("name", "targets", "protocol", "address"))
+        if keys is None:
+            continue
+        name = check.name(keys.get("name"), f"{path}.name")
+        _unique(check, seen, keys.get("name"), path, name)
+        targets = check.hosts(keys["targets"], f"{path}.targets") if "targets" in keys else HostMatch()
+        protocol = (
+            check.choice(keys["protocol"], f"{path}.protocol", SETPOINT_PROTOCOLS, "a setpoint protocol")
+            if "protocol" in keys
+            else None
+        )
+        address = (
+            check.integer(keys["address"], f"{path}.address", 0, 65535, "a register address")
+            if "address" in keys
+            else None
+        )
+        unit_id = check.integer(keys["unit_id"], f"{path}.unit_id", 0, 255, "a unit id") if "unit_id" in keys else None
+        low = _bound(check, keys["min"], f"{path}.min") if "min" in keys else None
+        high = _bound(check, keys["max"], f"{path}.max") if "max" in keys else None
+        if "min" not in keys and "max" not in keys:
+            check.error(item, path, "give the safe bounds: 'min', 'max' or both")
+        if low is not None and high is not None and low > high:
+            check.error(keys["max"], f"{path}.max", f"max {high:g} is below min {low:g}")
+            continue
+        description = check.text(keys.get("description"), f"{path}.description")
+        bad_bound = ("min" in keys and low is None) or ("max" in keys and high is None)
+        if protocol is None or address is None or bad_bound or (low is None and high is None):
+            continue  # an unusable bound must not silently become "no bound"
+        out.append(Setpoint(name, targets, protocol, address, low, high, unit_id, description, _line(item)))
     return tuple(out)

@@ -164,6 +164,21 @@ class ContainerDataFlow:
 
 
 @dataclass(frozen=True, slots=True)
+class Setpoint:
+    """Safe bounds of one writable value: a write outside them is an attack on the process, authorised host or not."""
+
+    name: str
+    targets: HostMatch
+    protocol: str  # modbus
+    address: int  # Modbus holding register or coil address
+    minimum: float | None = None
+    maximum: float | None = None
+    unit_id: int | None = None
+    description: str = ""
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     """A whole site policy."""
 
@@ -176,6 +191,7 @@ class Policy:
     remote_access: tuple[RemoteAccess, ...] = ()
     external_destinations: tuple[ExternalDestination, ...] = ()
     container_data: tuple[ContainerDataFlow, ...] = ()
+    setpoints: tuple[Setpoint, ...] = ()
 
     def zone(self, name: str) -> Zone | None:
         """The zone called ``name``, if any."""
@@ -190,4 +206,5 @@ class Policy:
             "remote_access": len(self.remote_access),
             "external_destinations": len(self.external_destinations),
             "container_data": len(self.container_data),
+            "setpoints": len(self.setpoints),
         }

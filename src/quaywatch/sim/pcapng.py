@@ -3,8 +3,9 @@
 Scenario packets carry an ``opt_comment`` naming their label (``quaywatch-label:
 <id> <scenario>``), so tshark's ``frame.comment`` shows ground truth packet by
 packet and a test can check that the labels cover exactly the injected packets.
-Records are assembled in numpy per block of equal-length frames and written
-window by window, so memory stays bounded whatever the capture length.
+Each window's records are written in time order by one compiled pass straight
+from the sources' frame arrays, so memory stays bounded by one window whatever
+the capture length.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import struct
 from typing import BinaryIO
 
 import numpy as np
+from numba import njit
 
 from quaywatch import __version__
-from quaywatch.sim.frames import FrameBlock, gather
+from quaywatch.sim.frames import FrameBlock
 
 LINKTYPE_ETHERNET = 1
 SNAP_LENGTH = 65535
@@ -39,50 +41,50 @@ def header(description: str) -> bytes:
     return section + interface
 
 
-def records(
-    blocks: list[FrameBlock], comments: dict[int, bytes]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Flatten blocks into enhanced packet blocks: (blob, offsets, lengths, timestamps, labels)."""
-    pieces, offsets, lengths, stamps, labels = [], [], [], [], []
+def _comment_option(comment: bytes) -> bytes:
+    """opt_comment then opt_endofopt, padded: the options of a labelled packet."""
+    return _option(1, comment) + bytes(4)
+
+
+@njit(cache=True)
+def _assemble(
+    blob: np.ndarray, frame_offsets: np.ndarray, frame_lengths: np.ndarray, micros: np.ndarray, labels: np.ndarray,
+    option_blob: np.ndarray, option_offsets: np.ndarray, option_lengths: np.ndarray, order: np.ndarray,
+    out: np.ndarray,
+) -> int:  # fmt: skip
+    """Write enhanced packet blocks in ``order`` straight into ``out``: one pass, one copy of each frame."""
     position = 0
-    for block in blocks:
-        count, length = block.frames.shape
-        if count == 0:
-            continue
-        micros = np.round(block.timestamps * 1e6).astype(np.int64)
-        padding = -length % 4
-        options = b""
-        if block.label:
-            options = _option(1, comments[block.label]) + bytes(4)
-        record_length = 32 + length + padding + len(options)
-        head = np.empty((count, 7), "<u4")
-        head[:, 0] = 6
-        head[:, 1] = record_length
-        head[:, 2] = 0
-        head[:, 3] = (micros >> 32).astype(np.uint32)
-        head[:, 4] = (micros & 0xFFFFFFFF).astype(np.uint32)
-        head[:, 5] = length
-        head[:, 6] = length
-        tail = np.frombuffer(bytes(padding) + options + struct.pack("<I", record_length), np.uint8)
-        assembled = np.concatenate(
-            [head.view(np.uint8).reshape(count, 28), block.frames, np.tile(tail, (count, 1))], axis=1
-        )
-        pieces.append(assembled.reshape(-1))
-        offsets.append(position + np.arange(count, dtype=np.int64) * record_length)
-        lengths.append(np.full(count, record_length, np.int64))
-        stamps.append(block.timestamps)
-        labels.append(np.full(count, block.label, np.int32))
-        position += count * record_length
-    if not pieces:
-        empty = np.zeros(0, np.int64)
-        return np.zeros(0, np.uint8), empty, empty, np.zeros(0), np.zeros(0, np.int32)
-    return (
-        np.concatenate(pieces),
-        np.concatenate(offsets),
-        np.concatenate(lengths),
-        np.concatenate(stamps),
-        np.concatenate(labels),
-    )
+    header = np.empty(7, np.uint32)
+    trailer = np.empty(1, np.uint32)
+    for index in order:
+        length = frame_lengths[index]
+        padding = (4 - length % 4) % 4
+        label = labels[index]
+        option_length = option_lengths[label] if label > 0 else 0
+        total = 32 + length + padding + option_length
+        header[0] = 6
+        header[1] = total
+        header[2] = 0
+        header[3] = np.uint32(micros[index] >> 32)
+        header[4] = np.uint32(micros[index] & 0xFFFFFFFF)
+        header[5] = length
+        header[6] = length
+        out[position : position + 28] = header.view(np.uint8)
+        position += 28
+        start = frame_offsets[index]
+        out[position : position + length] = blob[start : start + length]
+        position += length
+        for _ in range(padding):
+            out[position] = 0
+            position += 1
+        if option_length:
+            first = option_offsets[label]
+            out[position : position + option_length] = option_blob[first : first + option_length]
+            position += option_length
+        trailer[0] = total
+        out[position : position + 4] = trailer.view(np.uint8)
+        position += 4
+    return position
 
 
 class PcapngWriter:
@@ -95,13 +97,39 @@ class PcapngWriter:
         self.bytes = 0
 
     def write(self, blocks: list[FrameBlock], comments: dict[int, bytes], limit: int | None = None) -> np.ndarray:
-        blob, offsets, lengths, stamps, labels = records(blocks, comments)
+        """Write the blocks' frames in time order (stable for equal times); return each written packet's label."""
+        blocks = [block for block in blocks if block.frames.shape[0]]
+        if not blocks:
+            return np.zeros(0, np.int32)
+        counts = np.array([block.frames.shape[0] for block in blocks], np.int64)
+        widths = np.array([block.frames.shape[1] for block in blocks], np.int64)
+        blob = np.concatenate([block.frames.reshape(-1) for block in blocks])
+        frame_lengths = np.repeat(widths, counts)
+        frame_offsets = np.concatenate([[0], np.cumsum(frame_lengths)[:-1]]).astype(np.int64)
+        stamps = np.concatenate([block.timestamps for block in blocks])
+        labels = np.repeat(np.array([block.label for block in blocks], np.int64), counts)
         order = np.argsort(stamps, kind="stable")
         if limit is not None:
             order = order[:limit]
-        out = np.empty(int(lengths[order].sum()), np.uint8)
-        gather(blob, offsets, lengths, order, out)
-        self.handle.write(out.data)
+        top = int(labels.max())
+        option_lengths = np.zeros(top + 1, np.int64)
+        option_offsets = np.zeros(top + 1, np.int64)
+        pieces = []
+        cursor = 0
+        for label in np.unique(labels[labels > 0]).tolist():
+            option = _comment_option(comments[label])
+            option_offsets[label], option_lengths[label] = cursor, len(option)
+            pieces.append(option)
+            cursor += len(option)
+        option_blob = np.frombuffer(b"".join(pieces) or bytes(1), np.uint8)
+        chosen = frame_lengths[order]
+        size = int((32 + chosen + (-chosen % 4)).sum() + option_lengths[labels[order]].sum())
+        out = np.empty(size, np.uint8)
+        micros = np.round(stamps * 1e6).astype(np.int64)
+        written = _assemble(
+            blob, frame_offsets, frame_lengths, micros, labels, option_blob, option_offsets, option_lengths, order, out
+        )
+        self.handle.write(out[:written].data)
         self.packets += order.shape[0]
-        self.bytes += out.shape[0]
-        return labels[order]
+        self.bytes += written
+        return labels[order].astype(np.int32)

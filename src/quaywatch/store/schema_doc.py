@@ -108,6 +108,14 @@ def render() -> str:
     lines += _table(
         BASELINE_TABLE, BASELINE_SCHEMA, "What the learning period saw, rewritten by each D8 run (docs/detections.md)."
     )
+    from quaywatch.intel.indicators import INDICATORS_SCHEMA, INDICATORS_TABLE
+
+    lines += _table(
+        INDICATORS_TABLE,
+        INDICATORS_SCHEMA,
+        "Threat-intelligence indicators imported by `quaywatch intel import` (D10, docs/detections.md): one row per "
+        "term; a re-import of a file replaces its rows.",
+    )
     return "\n".join(lines)
 
 

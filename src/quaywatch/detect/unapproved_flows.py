@@ -1,0 +1,190 @@
+"""D1: an OT asset talks to the internet or to a zone no conduit allows (ATT&CK for ICS T0883, T0869, T0885).
+
+Reads the policy evaluation's verdicts (``flow_policy``: ``external_unapproved`` and ``violation``) and keeps the
+flows with an OT end (``host_context.ot``). One alert per OT asset and peer, not per flow: a beacon every minute is
+one finding with a count, not sixty. A violation between two zones names both zones and, from ``flow_policy.reason``,
+why no conduit matched. Severity rises for controllers, drives and weather stations (whose traffic should never leave
+their zone) and for outbound connections to the internet.
+
+The destination's country and ASN are "unknown": there is no GeoIP database on an air-gapped site and nothing is
+downloaded. :data:`ENRICHERS` is the hook: append a function ``ip -> {"country": ..., "asn": ...}`` (an offline
+MaxMind or RIR table carried onto the site) and its answers land in the evidence and the explanation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
+
+if TYPE_CHECKING:
+    import duckdb
+
+    from quaywatch.detect.context import DetectionContext
+
+DETECTION = "D1.unapproved-communication"
+REQUIRES = ("flow_policy", "flows")
+TECHNIQUES = ["T0883", "T0869", "T0885"]
+#: Roles whose traffic should never leave their zone (asset_roles.yaml vocabulary): one severity step higher.
+CRITICAL_ROLES = frozenset({"PLC", "drive", "weather station"})
+EVIDENCE_FLOWS = 100
+SEVERITY_STEPS = ("low", "medium", "high", "critical")
+
+#: Destination enrichment hook: functions ip -> {"country": str, "asn": str}; empty offline (see module docstring).
+ENRICHERS: list[Callable[[str], dict[str, str]]] = []
+
+_QUERY = """
+SELECT p.verdict, p.client_ip, p.server_ip, p.client_zone, p.server_zone, p.protocol, p.conduit, p.reason,
+       f.flow_id, f.community_id, f.capture_id, f.first_packet, f.ts, f.last_ts, f.server_port,
+       coalesce(c.ot, false) AS client_ot, coalesce(s.ot, false) AS server_ot, c.role AS client_role,
+       s.role AS server_role, c.asset_id AS client_asset, s.asset_id AS server_asset
+FROM flow_policy AS p
+JOIN flows AS f USING (capture_id, flow_id)
+LEFT JOIN host_context AS c ON c.ip = p.client_ip
+LEFT JOIN host_context AS s ON s.ip = p.server_ip
+WHERE p.verdict IN ('external_unapproved', 'violation') AND (coalesce(c.ot, false) OR coalesce(s.ot, false))
+ORDER BY p.client_ip, p.server_ip, f.ts
+"""
+
+
+def enrich(ip: str) -> dict[str, str]:
+    """Country and ASN of an address from the registered enrichers; "unknown" offline."""
+    found = {"country": "unknown", "asn": "unknown"}
+    for enricher in ENRICHERS:
+        found |= {key: value for key, value in enricher(ip).items() if value}
+    return found
+
+
+def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
+    """One alert per (client, internet peer) or (client, server zone) of unapproved flows with an OT end."""
+    columns = [
+        "verdict", "client_ip", "server_ip", "client_zone", "server_zone", "protocol", "conduit", "reason",
+        "flow_id", "community_id", "capture_id", "packet", "ts", "last_ts", "server_port", "client_ot",
+        "server_ot", "client_role", "server_role", "client_asset", "server_asset",
+    ]  # fmt: skip
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in con.execute(_QUERY).fetchall():
+        record = dict(zip(columns, row, strict=True))
+        # Internet peers one by one; inside the site one alert per client and zone, so a sweep is one alert.
+        external = record["verdict"] == "external_unapproved"
+        target = record["server_ip"] if external else f"zone:{record['server_zone']}"
+        groups.setdefault((record["client_ip"], target), []).append(record)
+    return [_alert(rows) for rows in groups.values()]
+
+
+def _alert(rows: list[dict[str, Any]]) -> Alert:
+    first = rows[0]
+    client, server = first["client_ip"], first["server_ip"]
+    external = any(row["verdict"] == "external_unapproved" for row in rows)
+    outbound = external and first["server_zone"] == "external"
+    inbound = external and first["client_zone"] == "external"
+    ot_side = "client" if first["client_ot"] else "server"
+    ot_ip = first[f"{ot_side}_ip"]
+    side_role = first[f"{ot_side}_role"]
+    zone = first["server_zone"]
+    peer = server if ot_side == "client" else client
+    peer_info = enrich(peer) if external else {}
+    protocols = sorted({str(row["protocol"]) for row in rows})
+    ports = sorted({int(row["server_port"]) for row in rows})
+    reasons = sorted({str(row["reason"]) for row in rows})
+    servers = sorted({str(row["server_ip"]) for row in rows})
+    ot_roles = {row["client_role"] for row in rows if row["client_ot"]} | {
+        row["server_role"] for row in rows if row["server_ot"]
+    }
+    critical = sorted(role for role in ot_roles if role in CRITICAL_ROLES)
+    critical_role = bool(critical)
+    ot_role = ", ".join(critical) if critical else side_role
+
+    step = 2 if external else 1  # high for the internet, medium between zones
+    if critical_role:
+        step += 1
+    if outbound and ot_side == "client":
+        step = max(step, 2)
+    severity = SEVERITY_STEPS[min(step, 3)]
+    role_text = f" ({side_role})" if side_role and side_role != "unknown" else ""
+    if outbound:
+        where = (
+            f"the internet host {server} (country {peer_info['country']}, ASN {peer_info['asn']}), "
+            "with no external destination of the policy approving it"
+        )
+        title = f"OT asset {client}{role_text} talks to internet host {server}"
+    elif inbound:
+        where = (
+            f"the internet host {client} (country {peer_info['country']}, ASN {peer_info['asn']}) reaching it, "
+            "with no conduit or remote-access path of the policy approving it"
+        )
+        title = f"Internet host {client} reaches OT asset {server}{role_text}"
+    else:
+        where = (
+            f"zone {first['server_zone']} from zone {first['client_zone']} with no conduit matching "
+            f"({'; '.join(reasons[:3])})"
+        )
+        server = servers[0] if len(servers) == 1 else f"{len(servers)} hosts"
+        title = f"{client} (zone {first['client_zone']}) talks to {server} in zone {zone} unapproved"
+        where = f"{server} ({', '.join(servers[:10])}) in " + where if len(servers) > 1 else f"{server} in " + where
+    explanation = (
+        f"{len(rows)} flow(s) over {', '.join(protocols)} (server port {', '.join(map(str, ports[:10]))}) between "
+        f"OT asset {ot_ip}{role_text} and {where}. Policy reason: {reasons[0]} Check whether this path is in a "
+        "contract; if it is, add a conduit or external destination to the policy, else cut it."
+    )
+    components = [
+        ScoreComponent(
+            "verdict", 1.0 if external else 0.7, 0.5,
+            "the flow crosses the site boundary unapproved" if external else "two zones talk with no conduit",
+        ),
+        ScoreComponent(
+            "direction", 1.0 if outbound else 0.5, 0.2,
+            "outbound from OT to the internet: data can leave" if outbound else "inbound or between zones",
+        ),
+        ScoreComponent(
+            "asset_role", 1.0 if critical_role else 0.5, 0.2,
+            f"an OT end is a {ot_role}, which should never talk outside its zone"
+            if critical_role else f"the OT end's role is {ot_role or 'unknown'}",
+        ),
+        ScoreComponent("flows", min(len(rows) / 10, 1.0), 0.1, f"{len(rows)} unapproved flow(s) (10 or more: 1)"),
+    ]  # fmt: skip
+    score = round(sum(component.value * component.weight for component in components), 3)
+    owned = [
+        first["client_asset"] if first["client_ot"] else None,
+        first["server_asset"] if first["server_ot"] else None,
+    ]
+    ot_servers = [str(row["server_ip"]) for row in rows if row["server_ot"]]
+    assets = sorted({ot_ip, *(value for value in owned if value), *ot_servers[:50]})
+    evidence = Evidence(
+        flow_ids=[row["flow_id"] for row in rows[:EVIDENCE_FLOWS]],
+        community_ids=sorted({row["community_id"] for row in rows if row["community_id"]})[:EVIDENCE_FLOWS],
+        events=[
+            EventReference("flows", row["capture_id"], int(row["packet"]), row["flow_id"])
+            for row in rows[:EVIDENCE_FLOWS]
+        ],
+        packet_numbers=[int(row["packet"]) for row in rows[:EVIDENCE_FLOWS]],
+        values={
+            "verdict": sorted({row["verdict"] for row in rows}),
+            "client_zone": [first["client_zone"]],
+            "server_zone": [first["server_zone"]],
+            "protocol": protocols[:20],
+            "server_port": ports[:20],
+            "reason": reasons[:20],
+            "conduit": sorted({row["conduit"] for row in rows if row["conduit"]})[:20],
+            **({"peer_country": [peer_info["country"]], "peer_asn": [peer_info["asn"]]} if external else {}),
+        },
+    )
+    return Alert(
+        detection=DETECTION,
+        title=title,
+        key={"client_ip": client, "server_ip": server} if external else {"client_ip": client, "server_zone": zone},
+        severity=severity,
+        confidence=0.9 if first["client_zone"] != "unzoned" else 0.7,
+        techniques=list(TECHNIQUES),
+        first_seen=min(row["ts"] for row in rows),
+        last_seen=max(row["last_ts"] for row in rows),
+        count=len(rows),
+        explanation=explanation,
+        score=score,
+        score_components=components,
+        assets=assets,
+        zones=sorted({first["client_zone"], first["server_zone"]}),
+        evidence=evidence,
+        suppression_seconds=3600,
+    )

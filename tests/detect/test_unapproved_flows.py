@@ -1,0 +1,52 @@
+"""D1 on the simulator: the modem's beacon and carrier DNS leave OT unapproved; a clean day stays silent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from quaywatch.detect import unapproved_flows
+from tests.detect.simulated import SimulatedSite, build_site, matches_label
+
+
+@pytest.fixture(scope="module")
+def modem_site(tmp_path_factory: pytest.TempPathFactory) -> SimulatedSite:
+    scenarios: list[tuple[str, dict[str, Any]]] = [("cellular-modem", {}), ("vendor-remote-access", {"via": "modem"})]
+    return build_site(tmp_path_factory.mktemp("modem"), seed=21, duration=100.0, scenarios=scenarios)
+
+
+def test_modem_traffic_out_of_ot_is_one_alert_per_destination(modem_site: SimulatedSite) -> None:
+    alerts = [alert for alert in modem_site.detect() if alert["detection"] == unapproved_flows.DETECTION]
+    by_server = {alert["key"].get("server_ip") or alert["key"]["server_zone"]: alert for alert in alerts}
+    expected = [label for label in modem_site.labels if "D1" in label["expect"]["detections"]]
+    for label in expected:
+        assert any(matches_label(alert, label) for alert in alerts), label["instance"]
+    cloud = by_server["47.103.24.117"]
+    assert cloud["key"] == {"client_ip": "10.10.2.99", "server_ip": "47.103.24.117"}
+    assert cloud["severity"] == "high"
+    assert "country unknown, ASN unknown" in cloud["explanation"]
+    assert [technique["id"] for technique in cloud["techniques"]] == ["T0883", "T0869", "T0885"]
+    assert cloud["packet_numbers"], "evidence must point at packets"
+    # The modem's RDP into the CMS crosses two zones with no conduit: the zones and the conduit's failure are named.
+    lateral = by_server["cms-ocr"]
+    assert lateral["key"] == {"client_ip": "10.10.2.99", "server_zone": "cms-ocr"}
+    assert "10.20.0.5" in lateral["assets"]
+    assert lateral["severity"] == "medium"
+    assert "zone cms-ocr from zone sts-crane-02" in lateral["explanation"]
+    assert "not rdp" in lateral["explanation"]
+    # Per asset and destination (internet peer, or zone inside the site), not per flow.
+    assert len(alerts) == len({tuple(sorted(alert["key"].items())) for alert in alerts}) == 3
+
+
+def test_enrichment_hook_fills_country_and_asn(modem_site: SimulatedSite, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(unapproved_flows, "ENRICHERS", [lambda ip: {"country": "CN", "asn": "AS37963"}])
+    alerts = [alert for alert in modem_site.detect() if alert["key"].get("server_ip") == "47.103.24.117"]
+    assert "country CN, ASN AS37963" in alerts[0]["explanation"]
+
+
+@pytest.mark.parametrize("seed", [3, 8])
+def test_clean_day_gives_no_d1_d2_d3_alert(tmp_path: Path, seed: int) -> None:
+    site = build_site(tmp_path, seed=seed, duration=120.0)
+    assert site.detect() == []
