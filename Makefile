@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := tshark
+DEBIAN_PACKAGES := tshark chromium
 
 .PHONY: demo test bench lint fuzz eval system-packages clean
 

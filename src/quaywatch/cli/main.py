@@ -31,6 +31,7 @@ from quaywatch.cli.intel import intel
 from quaywatch.cli.map import map_command
 from quaywatch.cli.policy import policy
 from quaywatch.cli.provenance import provenance
+from quaywatch.cli.report import report
 from quaywatch.cli.sim import sim
 from quaywatch.cli.text import terminal_safe
 from quaywatch.decode.registry import all_decoders
@@ -355,6 +356,7 @@ main.add_command(policy)
 main.add_command(map_command)
 main.add_command(sim)
 main.add_command(intel)
+main.add_command(report)
 for _command in ALERT_COMMANDS:
     main.add_command(_command)
 

@@ -1,0 +1,1 @@
+"""The offline HTML incident report: facts from the store (collect.py), rendered autoescaped (render.py)."""
