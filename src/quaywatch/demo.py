@@ -1,51 +1,82 @@
-"""``make demo``: build a container-terminal capture, analyse it, show what is connected and what was found.
+"""``make demo``: a few minutes of a container terminal's life under attack, analysed as a port analyst would.
 
-Everything runs offline: the capture is generated locally by the traffic
-synthesiser, analysed into ``demo-output/quaywatch.duckdb`` and exported as
-Parquet next to it.
+Everything runs offline, through the same commands a user types:
+
+1. ``quaywatch sim`` builds the terminal's capture with several of the reported attacks switched on, and the
+   declared inventory and site policy a real terminal would hold;
+2. ``quaywatch analyze`` reads it with that policy and inventory (assets, zones, risk);
+3. ``quaywatch detect`` runs the detection catalogue;
+4. the inventory and the alerts are printed, and ``quaywatch report`` writes the offline incident report.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 
 from quaywatch.cli.main import main as command
-from quaywatch.sim.synthetic import write_capture
 
 OUTPUT = Path("demo-output")
-DEMO_PACKETS = 400_000
+DURATION = "4m"
+SEED = 2026
+SCENARIOS = (
+    "cellular-modem",
+    "vendor-remote-access",
+    "container-exfiltration",
+    "sabotage",
+    "weather-station-malware",
+    "camera-p2p",
+    "reconnaissance",
+    "default-credentials",
+)
 
 
-def run(output: Path = OUTPUT, packets: int = DEMO_PACKETS) -> int:
+def run(output: Path = OUTPUT, duration: str = DURATION) -> int:
+    os.environ.setdefault("COLUMNS", "170")  # tables stay readable when make's output is not a terminal
     console = Console()
-    output.mkdir(exist_ok=True)
-    capture = output / "terminal.pcap"
+    simulated = output / "terminal"
     database = output / "quaywatch.duckdb"
+    report = output / "report.html"
     for stale in (database, database.with_name(database.name + ".wal")):
         stale.unlink(missing_ok=True)
     console.rule("[bold]quaywatch demo: a container terminal's OT network")
-    console.print(f"generating {packets:,} packets of terminal traffic into {capture} ...")
-    write_capture(capture, packets=packets, seed=2026)
-    console.print(f"analysing {capture} into {database}\n")
-    status = _invoke(["analyze", str(capture), "--db", str(database)])
-    if status != 0:
-        return status
-    console.print("\n[bold]What is connected[/]: the passive asset inventory, with makers and restricted lists")
-    status = _invoke(["assets", "--db", str(database)])
-    if status != 0:
-        return status
-    parquet = output / "parquet"
-    console.print(f"\nexporting every table to {parquet}/")
-    status = _invoke(["export", "--format", "parquet", str(parquet), "--db", str(database)])
     console.print(
-        f"\n[bold]Done.[/] Query the store with DuckDB, e.g.\n"
-        f"  .venv/bin/python -c \"import duckdb; print(duckdb.connect('{database}').sql("
-        f"'SELECT server_port, count(*) FROM flows GROUP BY 1 ORDER BY 2 DESC LIMIT 10'))\""
+        f"simulating {duration} of terminal life (4 STS cranes, CMS, OCR, TOS/EDI, CCTV, weather station, offices)\n"
+        f"with the reported attacks switched on: {', '.join(SCENARIOS)}"
     )
-    return status
+    steps: list[tuple[str, list[str]]] = [
+        ("", ["sim", "--out", str(simulated), "--duration", duration, "--seed", str(SEED), "--quiet",
+              *[part for name in SCENARIOS for part in ("--scenario", name)]]),
+        (f"\nanalysing {simulated / 'capture.pcapng'} with the terminal's policy and declared inventory",
+         ["analyze", str(simulated / "capture.pcapng"), "--db", str(database),
+          "--policy", str(simulated / "policy.yaml"), "--inventory", str(simulated / "declared-inventory.csv")]),
+        ("\n[bold]What is connected[/]: the passive asset inventory, highest risk first",
+         ["assets", "--db", str(database), "--risk", "medium"]),
+        ("\n[bold]What was found[/]: the detection catalogue over the store",
+         ["detect", "--db", str(database), "--policy", str(simulated / "policy.yaml")]),
+        ("", ["alerts", "--db", str(database)]),
+        ("\n[bold]The incident report[/]",
+         ["report", "--db", str(database), "--policy", str(simulated / "policy.yaml"), "--out", str(report),
+          "--title", "Demo terminal: findings of the last minutes"]),
+    ]  # fmt: skip
+    for title, arguments in steps:
+        if title:
+            console.print(title)
+        status = _invoke(arguments)
+        if status not in (0, 1):  # 1: problems found (findings, violations), which is what the demo shows
+            console.print(f"[red]quaywatch {arguments[0]} failed with exit status {status}[/]")
+            return status
+    console.print(
+        f"\n[bold]Done.[/] The report is [bold]{report}[/] (one offline HTML file); the store is {database}.\n"
+        f"Ground truth of the simulation: {simulated / 'labels.jsonl'}. Try:\n"
+        f"  .venv/bin/quaywatch alerts --db {database} --severity high\n"
+        f"  .venv/bin/quaywatch alerts show ALERT_ID --db {database}\n"
+        f"  .venv/bin/quaywatch map --db {database} --policy {simulated / 'policy.yaml'} --out {output / 'map.html'}"
+    )
+    return 0
 
 
 def _invoke(arguments: list[str]) -> int:

@@ -64,7 +64,8 @@ def build_site(
     policy_file = directory / "policy.yaml"
     if extra_policy:  # the sim's policy.yaml stays as written, for with_remote_access
         policy_file = directory / "policy-analysed.yaml"
-        policy_file.write_text((directory / "policy.yaml").read_text(encoding="utf-8") + extra_policy, encoding="utf-8")
+        base = _without_section((directory / "policy.yaml").read_text(encoding="utf-8"), "remote_access")
+        policy_file.write_text(base + extra_policy, encoding="utf-8")
     database = directory / "site.duckdb"
     result = CliRunner().invoke(
         main,
@@ -80,10 +81,23 @@ def build_site(
 
 def with_remote_access(site: SimulatedSite, rules: str) -> Policy:
     """The site's policy with a remote_access section added (YAML list items, indented by two spaces)."""
-    text = (site.directory / "policy.yaml").read_text(encoding="utf-8") + "remote_access:\n" + rules
+    text = _without_section((site.directory / "policy.yaml").read_text(encoding="utf-8"), "remote_access")
+    text += "remote_access:\n" + rules
     policy, problems = load_policy_text(text)
     assert not [problem for problem in problems if problem.severity == "error"], problems
     return policy
+
+
+def _without_section(text: str, section: str) -> str:
+    """The policy text without one top-level section (the sim's own remote-access rule), so a test sets its own."""
+    kept: list[str] = []
+    skipping = False
+    for line in text.splitlines(keepends=True):
+        if line and not line[0].isspace() and not line.startswith(("-", "#")):
+            skipping = line.startswith(f"{section}:")
+        if not skipping:
+            kept.append(line)
+    return "".join(kept)
 
 
 def parse_time(text: str) -> dt.datetime:

@@ -177,3 +177,15 @@ def test_request_response_pairing_and_latency_follow_the_device(clean: Path) -> 
             latencies.append(float(epoch) - requests.pop(key))
     assert not requests or len(requests) <= len({stream for stream, _ in requests}), "unanswered requests"
     assert latencies and min(latencies) >= 0.003 and max(latencies) <= 0.012
+
+
+def test_every_scenario_technique_is_a_known_attack_technique(everything: Path) -> None:
+    """Labels and scenario classes name ATT&CK ids that the alert data file knows (a typo would fail here)."""
+    from quaywatch.detect.attack import technique_name
+
+    for scenario in SCENARIOS:
+        for technique in scenario.techniques:
+            assert technique_name(technique)
+    for line in (everything / LABELS).read_text().splitlines():
+        for technique in json.loads(line)["techniques"]:
+            assert technique_name(technique), technique

@@ -65,6 +65,8 @@ def site_policy(model: TerminalModel, sources: Iterable[Source]) -> str:
             for entry in entries:
                 if entry["name"] not in {existing["name"] for existing in sections[section]}:
                     sections[section].append(entry)
+    for section, entries in _vendor_access(model).items():
+        sections[section] += entries
     document: dict[str, Any] = {
         "version": 1,
         "site": model.name,
@@ -78,6 +80,42 @@ def site_policy(model: TerminalModel, sources: Iterable[Source]) -> str:
         "# Check it with: quaywatch policy check policy.yaml (keys: docs/policy.md)\n"
     )
     return header + yaml.safe_dump(document, sort_keys=False, width=120, allow_unicode=True)
+
+
+def _vendor_access(model: TerminalModel) -> dict[str, list[dict[str, Any]]]:
+    """The approved vendor path: the vendor's VPN egress to the jump host in its window, then RDP on to the CMS."""
+    vendors = [device for device in model.devices if device.external and device.role == "vendor"]
+    jump_hosts = [device for device in model.devices if not device.external and model.zones[device.zone].kind == "dmz"]
+    if not vendors or not jump_hosts:
+        return {}
+    window = model.vendor_window
+    cms = [zone.name for zone in model.zones.values() if zone.kind == "cms"]
+    return {
+        "remote_access": [
+            {
+                "name": "crane-vendor-maintenance",
+                "method": "rdp",
+                "source": [f"{device.ip}/32" for device in vendors],
+                "destinations": [device.ip for device in jump_hosts],
+                "timezone": model.timezone.key,
+                "windows": [window_entry(window.days, window.start.strftime("%H:%M"), window.end.strftime("%H:%M"))],
+                "expires": model.start.date().replace(year=model.start.year + 3),  # a standing agreement, renewed
+                "reason": "crane vendor maintenance through the jump host, in the agreed window only",
+            }
+        ],
+        "conduits": [
+            {
+                "name": f"vendor-dmz-to-{zone}",
+                "from": jump_hosts[0].zone,
+                "to": zone,
+                "protocol": "rdp",
+                "ports": [3389],
+                "initiator": "from",
+                "description": "the jump host's onward session to the crane management system",
+            }
+            for zone in cms
+        ],
+    }
 
 
 def window_entry(days: tuple[int, ...], start: str, end: str) -> dict[str, Any]:

@@ -74,7 +74,7 @@ class Reconnaissance(PlannedScenario):
         self.label_id = context.label(
             self.name, f"{self.name}/sweep", list(self.techniques), [self.source.ip, *targets],
             {
-                "detections": ["D8"], "source": self.source.ip, "destination": None, "assets": targets,
+                "detections": ["D1", "D8"], "source": self.source.ip, "destination": None, "assets": targets,
                 "details": {
                     "s7_szl": [device.ip for device in siemens], "modbus_device_identification":
                     [device.ip for device in modbus_servers], "cip_list_identity_answered": [d.ip for d in cip],
