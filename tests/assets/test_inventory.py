@@ -213,12 +213,18 @@ def test_quectel_oui_is_flagged_as_cellular_module_maker(synthetic_store: Store)
 def test_client_is_not_credited_with_the_server_side(synthetic_store: Store) -> None:
     client = asset_of_ip(synthetic_store, "10.0.0.20")
     assert client["protocols_used"] == ["modbus", "rtsp"] and client["protocols_served"] == []
-    assert (client["role"], client["role_confidence"]) == ("NVR", 0.5)  # pulls RTSP: weak, and its reason says so
+    # It asks the PLC for its Modbus 43/14 identification: what engineering tools do, not a recorder. Pulling RTSP
+    # (a weak NVR sign) and the plain ICS-client rule are kept and shown too.
+    assert (client["role"], client["role_confidence"]) == ("engineering workstation", 0.65)
     roles = synthetic_store.connection.execute(
         "SELECT value, rule FROM asset_attributes WHERE asset_id = ? AND attribute = 'role' ORDER BY confidence DESC",
         [client["asset_id"]],
     ).fetchall()
-    assert roles == [("NVR", "pulls-rtsp"), ("engineering workstation", "ics-client")]  # both kept, both shown
+    assert roles == [
+        ("engineering workstation", "ics-engineering-client"),
+        ("NVR", "pulls-rtsp"),
+        ("engineering workstation", "ics-client"),
+    ]
 
 
 def test_rebuild_gives_the_same_rows(synthetic_store: Store) -> None:
@@ -289,4 +295,53 @@ def test_router_rule() -> None:
     assert found[host][0] == ["10.0.0.5"]
     assert found["00:1b:1b:00:00:06"][:3] == (["10.0.0.6"], 0, ["http"])
     assert isinstance(store.connection, duckdb.DuckDBPyConnection)
+    store.close()
+
+
+ROUTER_MAC = b"\x00\x09\x0f\x00\x00\x01"  # a Fortinet OUI
+SERVER_MAC = b"\x00\x1b\x1b\x00\x00\x50"
+VICTIM_MAC = b"\x00\x1b\x1b\x00\x00\x60"
+SPOOFER_MAC = b"\x00\x1b\x1b\x00\x00\x66"
+
+
+def arp_reply(mac: bytes, ip: str) -> bytes:
+    arp = dpkt.arp.ARP(op=dpkt.arp.ARP_OP_REPLY, sha=mac, spa=bytes(map(int, ip.split("."))), tha=b"\xff" * 6)
+    return bytes(dpkt.ethernet.Ethernet(dst=b"\xff" * 6, src=mac, type=dpkt.ethernet.ETH_TYPE_ARP, data=arp))
+
+
+def http_exchange(server: str, server_mac: bytes, port: int) -> list[bytes]:
+    syn, synack, push = dpkt.tcp.TH_SYN, dpkt.tcp.TH_SYN | dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK
+    request, response = (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nServer: tos\r\nContent-Length: 0\r\n\r\n",
+    )
+    client = "10.0.0.20"
+    return [
+        with_macs(tcp_frame(client, server, port, 80, syn, sequence=10), CLIENT_MAC, server_mac),
+        with_macs(tcp_frame(server, client, 80, port, synack, sequence=90, acknowledgement=11), server_mac, CLIENT_MAC),
+        with_macs(tcp_frame(client, server, port, 80, push, request, 11, 91), CLIENT_MAC, server_mac),
+        with_macs(tcp_frame(server, client, 80, port, push, response, 91, 11 + len(request)), server_mac, CLIENT_MAC),
+    ]
+
+
+def test_a_server_seen_only_beyond_a_router_still_serves_but_a_spoofer_credits_no_one(tmp_path: Path) -> None:
+    frames = [arp_reply(SERVER_MAC, "10.0.1.50"), arp_reply(VICTIM_MAC, "10.0.1.60")]
+    for remote in ("198.51.100.7", "203.0.113.9"):  # the router carries remote addresses: it routes for them
+        frames.append(with_macs(udp_frame("10.0.0.20", remote, 40000, 9999, b"x"), CLIENT_MAC, ROUTER_MAC))
+        frames.append(with_macs(udp_frame(remote, "10.0.0.20", 9999, 40000, b"y"), ROUTER_MAC, CLIENT_MAC))
+    frames += http_exchange("10.0.1.50", ROUTER_MAC, 50010)  # seen on the client's side of the router
+    frames += http_exchange("10.0.1.60", SPOOFER_MAC, 50011)  # one MAC answering for an address another claimed
+    store = analysed(
+        tmp_path, write_pcap(tmp_path / "routed.pcap", [(1_700_000_000 + i * 0.01, f) for i, f in enumerate(frames)])
+    )
+    build_inventory(store)
+    server = asset_of_ip(store, "10.0.1.50")
+    assert (server["protocols_served"], server["role"]) == (["http"], "server")
+    assert "tos" in attribute_rows(store, str(server["asset_id"]))["software"]  # its Server header, not the router's
+    router = store.connection.execute(
+        "SELECT protocols_served, routed_ips FROM assets WHERE mac = '00:09:0f:00:00:01'"
+    ).fetchone()
+    assert router == ([], 3)  # the two remote addresses and the server's, which the server claimed itself
+    victim = asset_of_ip(store, "10.0.1.60")
+    assert victim["protocols_served"] == []
     store.close()

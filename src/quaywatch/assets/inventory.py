@@ -51,6 +51,25 @@ ROUTES_FOR_LIMIT = 50
 #: public address as a router.
 ROUTES_FOR_ROLE_MINIMUM = 2
 
+#: A client flow with at least this many requests over at least this many seconds is a cyclic poll (HMI, SCADA).
+POLL_MINIMUM_REQUESTS = 30
+POLL_MINIMUM_SECONDS = 30.0
+
+#: Role facts by how an asset took part in a flow or in an ICS request (``_protocols.how``).
+_FACT_PREFIX = {"served": "serves", "used": "uses", "polled": "polls", "identified": "identifies", "wrote": "writes"}
+
+#: ICS requests a client sent, by (table, fact, condition over alias e): identification reads and state changes tell
+#: an engineering workstation from an HMI, which only reads cyclically.
+ICS_CLIENT_FACTS: tuple[tuple[str, str, str, str], ...] = (
+    ("s7comm", "identified", "s7comm", "e.szl_id IS NOT NULL"),
+    ("s7comm", "wrote", "s7comm", "e.controls_plc"),
+    ("enip", "identified", "enip", "e.command = 'List Identity'"),
+    ("cip", "identified", "enip", "e.service = 'Get Attributes All' AND e.class_name = 'Identity'"),
+    ("cip", "wrote", "enip", "e.controls_device"),
+    ("modbus", "identified", "modbus", "e.function_code = 43"),
+    ("modbus", "wrote", "modbus", "e.writes"),
+)
+
 #: Attributes that legitimately hold several values at once: never counted as conflicts.
 MULTI_VALUED = frozenset({"capability", "listed", "maker_role", "role", "description", "software", "client_software"})
 
@@ -433,6 +452,22 @@ def _source_sql(source: Source, columns: dict[str, set[str]]) -> str | None:
     )
 
 
+def _insert_ics_client_facts(con: Any, columns: dict[str, set[str]]) -> None:
+    """Add identification and write requests each client sent, by the client's (MAC, address) as flows are."""
+    for table, how, decoder, condition in ICS_CLIENT_FACTS:
+        needed = set(re.findall(r"\be\.(\w+)", condition)) | {"client_ip", "direction", "flow_id", "capture_id"}
+        if not needed <= columns.get(table, set()):
+            continue
+        con.execute(f"""
+            INSERT INTO _protocols
+            SELECT DISTINCT o.asset_id, '{how}', '{decoder}' FROM "{table}" e
+            JOIN flows f ON f.capture_id = e.capture_id AND f.flow_id = e.flow_id
+            JOIN _reach o ON o.ip = e.client_ip AND o.mac IS NOT DISTINCT FROM lower(f.client_mac)
+            WHERE e.direction = 'to_server' AND ({condition})
+            EXCEPT SELECT asset_id, how, application FROM _protocols
+        """)
+
+
 def _local(ip: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     try:
         address = ipaddress.ip_address(ip)
@@ -499,6 +534,19 @@ def build_inventory(
         SELECT a.asset_id, p.mac, p.ip FROM _pairs p JOIN _assets a ON a.mac = p.mac WHERE p.own
         UNION ALL SELECT asset_id, NULL, ip_only FROM _assets WHERE ip_only IS NOT NULL
     """)
+    # Where the sensor sees a flow only on the far side of a router, the flow carries the router's MAC: an address
+    # owned by exactly one asset is still that asset's, so (router MAC, that address) reaches it too. Only MACs that
+    # route for others qualify, so a host spoofing one address gains nothing for its victim.
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _reach AS
+        SELECT asset_id, mac, ip FROM _own
+        UNION
+        SELECT u.asset_id, r.mac, u.ip
+        FROM (SELECT ip, any_value(asset_id) AS asset_id FROM _own GROUP BY ip HAVING count(DISTINCT asset_id) = 1) u
+        CROSS JOIN (SELECT mac FROM _pairs WHERE NOT own AND mac IS NOT NULL GROUP BY mac
+                    HAVING count(*) >= {ROUTES_FOR_ROLE_MINIMUM}) r
+        WHERE NOT EXISTS (SELECT 1 FROM _own o WHERE o.ip = u.ip AND o.mac = r.mac)
+    """)
 
     # When and where each asset was seen: equality joins only, by MAC or, for MAC-less hosts, by address.
     con.execute("""
@@ -529,7 +577,7 @@ def build_inventory(
         CREATE OR REPLACE TEMP TABLE _attr_raw AS
         WITH r AS ({raw})
         SELECT o.asset_id, r.attribute, r.value, r.source_table, r.rule, r.confidence, r.ts, r.ref
-        FROM r JOIN _own o ON NOT r.by_mac AND o.ip = r.ip AND (r.mac IS NULL OR o.mac IS NOT DISTINCT FROM r.mac)
+        FROM r JOIN _reach o ON NOT r.by_mac AND o.ip = r.ip AND (r.mac IS NULL OR o.mac IS NOT DISTINCT FROM r.mac)
         UNION ALL
         SELECT a.asset_id, r.attribute, r.value, r.source_table, r.rule, r.confidence, r.ts, r.ref
         FROM r JOIN _assets a ON r.by_mac AND a.mac = r.mac
@@ -537,16 +585,23 @@ def build_inventory(
 
     # Protocols served and used: flows whose side is this asset's own (MAC, IP).
     if "flows" in columns:
-        con.execute("""
+        con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _protocols AS
             SELECT o.asset_id, 'served' AS how, f.application FROM flows f
-            JOIN _own o ON o.ip = f.server_ip AND o.mac IS NOT DISTINCT FROM lower(f.server_mac)
+            JOIN _reach o ON o.ip = f.server_ip AND o.mac IS NOT DISTINCT FROM lower(f.server_mac)
             WHERE f.application IS NOT NULL AND f.packets_to_client > 0
             UNION
             SELECT o.asset_id, 'used', f.application FROM flows f
-            JOIN _own o ON o.ip = f.client_ip AND o.mac IS NOT DISTINCT FROM lower(f.client_mac)
+            JOIN _reach o ON o.ip = f.client_ip AND o.mac IS NOT DISTINCT FROM lower(f.client_mac)
             WHERE f.application IS NOT NULL
+            UNION
+            -- a cyclic client: one long session with many requests (an HMI or SCADA poll, not a one-off look)
+            SELECT o.asset_id, 'polled', f.application FROM flows f
+            JOIN _reach o ON o.ip = f.client_ip AND o.mac IS NOT DISTINCT FROM lower(f.client_mac)
+            WHERE f.application IS NOT NULL AND f.packets_to_server >= {POLL_MINIMUM_REQUESTS}
+                AND f.duration >= {POLL_MINIMUM_SECONDS}
         """)
+        _insert_ics_client_facts(con, columns)
     else:
         con.execute("CREATE OR REPLACE TEMP TABLE _protocols (asset_id VARCHAR, how VARCHAR, application VARCHAR)")
     dhcp_servers: set[str] = set()
@@ -563,7 +618,7 @@ def build_inventory(
     con.execute("INSERT INTO _attr_raw SELECT * FROM _derived_arrow")
     con.unregister("_derived_arrow")
     _write_tables(store, summary)
-    for name in ("_obs", "_ipclass", "_pairs", "_assets", "_own", "_seen", "_attr_raw", "_protocols"):
+    for name in ("_obs", "_ipclass", "_pairs", "_assets", "_own", "_reach", "_seen", "_attr_raw", "_protocols"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
     return summary
 
@@ -597,7 +652,7 @@ def _derive_per_asset(con: Any, kb: KnowledgeBase, rules: Sequence[RoleRule], dh
         values.setdefault(asset_id, {}).setdefault(attribute, []).append((value, confidence))
     protocols: dict[str, set[str]] = {}
     for asset_id, how, application in con.execute("SELECT asset_id, how, application FROM _protocols").fetchall():
-        protocols.setdefault(asset_id, set()).add(f"{'serves' if how == 'served' else 'uses'}:{application}")
+        protocols.setdefault(asset_id, set()).add(f"{_FACT_PREFIX.get(how, how)}:{application}")
     assignments = oui.vendors([mac for _, mac, _, _ in assets])
     rows: list[dict[str, Any]] = []
 
