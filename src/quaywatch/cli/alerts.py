@@ -23,6 +23,7 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
+from quaywatch.cli.options import database_option
 from quaywatch.cli.text import terminal_safe
 from quaywatch.detect import attack
 from quaywatch.detect.alert import ALERTS_TABLE, SEVERITIES
@@ -45,14 +46,6 @@ EXIT_STORE = 3
 
 SEVERITY_STYLE = {"critical": "bold red", "high": "red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
-database_option = click.option(
-    "--db",
-    "database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DATABASE,
-    show_default=True,
-    help="DuckDB database file.",
-)
 suppressions_option = click.option(
     "--suppressions",
     "suppressions_file",

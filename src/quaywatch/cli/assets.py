@@ -30,8 +30,9 @@ from quaywatch.assets.declared import (
 )
 from quaywatch.assets.inventory import ASSETS_TABLE, ATTRIBUTES_TABLE, build_inventory
 from quaywatch.assets.risk import LEVELS, RISK_TABLE, rate_assets
+from quaywatch.cli.options import database_option
 from quaywatch.cli.text import terminal_safe
-from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
+from quaywatch.store.database import Store, StoreError
 
 EXIT_OK = 0
 EXIT_INPUT_PROBLEM = 1
@@ -40,14 +41,6 @@ EXIT_STORE = 3
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
-database_option = click.option(
-    "--db",
-    "database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DATABASE,
-    show_default=True,
-    help="DuckDB database file.",
-)
 local_net_option = click.option(
     "--local-net",
     "local_nets",

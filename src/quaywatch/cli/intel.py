@@ -16,22 +16,14 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
+from quaywatch.cli.options import database_option
 from quaywatch.cli.text import terminal_safe
 from quaywatch.intel.indicators import import_file, list_indicators, remove_source
-from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
+from quaywatch.store.database import Store, StoreError
 
 EXIT_OK = 0
 EXIT_INPUT_PROBLEM = 1
 EXIT_STORE = 3
-
-database_option = click.option(
-    "--db",
-    "database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DATABASE,
-    show_default=True,
-    help="DuckDB database file.",
-)
 
 
 def _open(database: Path, read_only: bool = False) -> Store:

@@ -29,27 +29,19 @@ from quaywatch.cli.alerts import COMMANDS as ALERT_COMMANDS
 from quaywatch.cli.assets import assets, import_inventory
 from quaywatch.cli.intel import intel
 from quaywatch.cli.map import map_command
+from quaywatch.cli.options import database_option
 from quaywatch.cli.policy import policy
 from quaywatch.cli.provenance import provenance
 from quaywatch.cli.report import report
 from quaywatch.cli.sim import sim
 from quaywatch.cli.text import terminal_safe
 from quaywatch.decode.registry import all_decoders
-from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
+from quaywatch.store.database import Store, StoreError
 
 EXIT_OK = 0
 EXIT_INPUT_PROBLEM = 1
 EXIT_USAGE = 2
 EXIT_STORE = 3
-
-database_option = click.option(
-    "--db",
-    "database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DATABASE,
-    show_default=True,
-    help="DuckDB database file.",
-)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -15,10 +15,11 @@ import duckdb
 
 from quaywatch.assets.inventory import build_inventory
 from quaywatch.assets.netmap import build_map, render_html, render_svg
+from quaywatch.cli.options import database_option
 from quaywatch.cli.text import terminal_safe
 from quaywatch.policy.load import load_policy
 from quaywatch.policy.model import Policy
-from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
+from quaywatch.store.database import Store, StoreError
 
 EXIT_POLICY = 1
 EXIT_OUTPUT = 1
@@ -26,14 +27,7 @@ EXIT_STORE = 3
 
 
 @click.command(name="map")
-@click.option(
-    "--db",
-    "database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DATABASE,
-    show_default=True,
-    help="DuckDB database file.",
-)
+@database_option
 @click.option(
     "--policy",
     "policy_file",

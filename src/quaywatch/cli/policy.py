@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 import duckdb
 
+from quaywatch.cli.options import database_option
 from quaywatch.cli.text import terminal_safe
 from quaywatch.policy.learn import learn_policy
 from quaywatch.policy.load import load_policy
-from quaywatch.store.database import DEFAULT_DATABASE
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -48,14 +48,7 @@ def check(file: Path) -> None:
 
 
 @policy.command()
-@click.option(
-    "--db",
-    "database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DATABASE,
-    show_default=True,
-    help="DuckDB database file.",
-)
+@database_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write here, not stdout.")
 def learn(database: Path, out: Path | None) -> None:
     """Propose a policy from the observed traffic, for a person to review."""
@@ -87,14 +80,7 @@ def learn(database: Path, out: Path | None) -> None:
 
 
 @policy.command()
-@click.option(
-    "--db",
-    "database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DATABASE,
-    show_default=True,
-    help="DuckDB database file.",
-)
+@database_option
 @click.option(
     "--policy",
     "policy_file",

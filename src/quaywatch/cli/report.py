@@ -14,12 +14,13 @@ from pathlib import Path
 import click
 import duckdb
 
+from quaywatch.cli.options import database_option
 from quaywatch.cli.text import terminal_safe
 from quaywatch.policy.load import load_policy
 from quaywatch.policy.model import Policy
 from quaywatch.report.collect import collect
 from quaywatch.report.render import render_csv, render_html, render_values_csv
-from quaywatch.store.database import DEFAULT_DATABASE, Store, StoreError
+from quaywatch.store.database import Store, StoreError
 
 EXIT_PROBLEM = 1
 EXIT_STORE = 3
@@ -31,14 +32,7 @@ def csv_paths(out: Path) -> tuple[Path, Path]:
 
 
 @click.command(name="report")
-@click.option(
-    "--db",
-    "database",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=DEFAULT_DATABASE,
-    show_default=True,
-    help="DuckDB database file.",
-)
+@database_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="HTML file to write.")
 @click.option(
     "--policy",

@@ -179,7 +179,9 @@ def test_interrupted_run_removes_its_namespaces(interruption: signal.Signals, ex
         time.sleep(1.0)  # peers are starting inside them
         assert namespaces.namespace_pids(TOPOLOGY.devices[0].namespace)
         process.send_signal(interruption)
-        output, _ = process.communicate(timeout=20)
+        # Cleanup waits for each peer (3 s grace) and for dumpcap to close its file (5 s); on a loaded 2-core CI
+        # machine, with peers still importing their libraries, that has taken more than 20 s.
+        output, _ = process.communicate(timeout=90)
     finally:
         if process.poll() is None:
             process.kill()
