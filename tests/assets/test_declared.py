@@ -91,6 +91,10 @@ def test_makers_and_models_compare_through_the_knowledge_base() -> None:
     assert not makers_agree("Dahua", oui_name, kb)
     assert models_agree("6ES7 315-2EH14", "6ES7 315-2EH14-0AB0") and models_agree("bmx-p34", "BMX P34 2020")
     assert not models_agree("6ES7 315-2EH14", "6ES7 414-3XM07") and not models_agree("", "x")
+    # A CMDB's "name (order number)" agrees with the order number an S7 SZL read reports; a short key does not float.
+    assert models_agree("S7-1500 CPU 1516-3 PN/DP (6ES7 516-3AN02-0AB0)", "6ES7 516-3AN02-0AB0")
+    assert not models_agree("S7-1500 CPU 1516-3 PN/DP (6ES7 516-3AN02-0AB0)", "6ES7 215-1AG40-0XB0")
+    assert not models_agree("Latitude 5440", "5440")
 
 
 def test_bad_rows_name_file_line_and_column_and_the_rest_is_kept(tmp_path: Path) -> None:

@@ -315,10 +315,20 @@ def _model_key(text: str) -> str:
     return _MODEL_KEY.sub("", text.casefold())
 
 
+#: The shortest model key that may match inside a longer one: an order number in "S7-1500 CPU (6ES7 516-3AN02-0AB0)".
+_MIN_CONTAINED_KEY = 6
+
+
 def models_agree(declared: str, observed: str) -> bool:
-    """Case, space and punctuation ignored; one may be a prefix of the other (order number without its suffix)."""
+    """Case, space and punctuation ignored; one may be a prefix of the other (order number without its suffix), or
+    an order number of at least six characters may stand inside the other (a CMDB's "name (order number)")."""
     a, b = _model_key(declared), _model_key(observed)
-    return bool(a and b) and (a.startswith(b) or b.startswith(a))
+    if not a or not b:
+        return False
+    if a.startswith(b) or b.startswith(a):
+        return True
+    shorter, longer = sorted((a, b), key=len)
+    return len(shorter) >= _MIN_CONTAINED_KEY and shorter in longer
 
 
 def makers_agree(declared: str, observed: str, kb: KnowledgeBase) -> bool:

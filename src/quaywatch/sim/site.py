@@ -35,7 +35,7 @@ def declared_inventory(model: TerminalModel) -> str:
             (
                 f"TRM-{number:04d}",
                 device.maker,
-                device.model,
+                f"{device.model} ({device.order_number})" if device.order_number else device.model,
                 device.mac,
                 ";".join(addresses),
                 location,
