@@ -55,3 +55,20 @@ def test_host_context_prefers_policy_zones_and_falls_back_to_roles() -> None:
     rows = {r[0]: r[1:] for r in con.execute("SELECT ip, ot, zone, asset_id FROM host_context").fetchall()}
     assert rows["10.0.0.7"] == (True, "crane", "a3")  # the policy says OT whatever the role
     assert rows["10.0.0.99"] == (True, "crane", None)  # a zone address with no asset yet
+
+
+def test_summary_times_every_detection_that_ran_and_only_those() -> None:
+    """Per-detection seconds are how the benchmark finds the slow detection; a skipped one has no time."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE flows (flow_id VARCHAR)")
+
+    def slow(connection: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
+        connection.execute("SELECT sum(range) FROM range(3000000)").fetchall()
+        return []
+
+    timed = SimpleNamespace(DETECTION="D4.beaconing", REQUIRES=("flows",), detect=slow, __name__="beaconing")
+    absent = SimpleNamespace(DETECTION="D5.dns-tunnelling", REQUIRES=("dns",), detect=slow, __name__="dns")
+    summary = run_detections(con, DetectionContext(now=NOW), rules=[], modules=[timed, absent])  # type: ignore[list-item]
+    assert set(summary.seconds) == {"context", "D4.beaconing", "write"}
+    assert summary.seconds["D4.beaconing"] > 0
+    assert summary.to_dict()["seconds"]["D4.beaconing"] == round(summary.seconds["D4.beaconing"], 6)

@@ -393,23 +393,57 @@ def _learned_range_stats(
     return {(row[0], row[1], row[2], row[3]): (row[4], row[5], int(row[6])) for row in rows}
 
 
+_RANGE_KEY = ("client_ip", "server_ip", "unit_id", "address_space", "range_start", "range_end")
+
+
+def _range_evidence(
+    con: duckdb.DuckDBPyConnection, until: dt.datetime, rows: list[dict[str, Any]]
+) -> dict[tuple[Any, ...], list[Any]]:
+    """The first EVIDENCE_PACKETS requests of each of these (client, server, unit, space, range) groups."""
+    if not rows:
+        return {}
+    types = (pa.string(), pa.string(), pa.int32(), pa.string(), pa.int32(), pa.int32())
+    wanted = pa.table(
+        {name: pa.array([row[name] for row in rows], kind) for name, kind in zip(_RANGE_KEY, types, strict=True)}
+    )
+    con.register("d8_wanted_ranges", wanted)
+    try:
+        on = " AND ".join(f"r.{name} IS NOT DISTINCT FROM w.{name}" for name in _RANGE_KEY)
+        found = con.execute(
+            f"""SELECT {", ".join(f"r.{name}" for name in _RANGE_KEY)},
+                       list({_EVIDENCE} ORDER BY ts, capture_id, packet_number)[1:{EVIDENCE_PACKETS}] AS evidence
+                FROM d8_registers AS r SEMI JOIN d8_wanted_ranges AS w ON {on}
+                WHERE r.ts >= ? GROUP BY ALL""",
+            [until],
+        ).fetchall()
+    finally:
+        con.unregister("d8_wanted_ranges")
+    return {tuple(row[:6]): list(row[6]) for row in found}
+
+
 def _new_ranges(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> list[dict[str, Any]]:
     """Requests after the learning period outside every learned range of their client, server, unit and table."""
     learned = _learned_ranges(con, until)
+    # Coverage first, evidence after: on a long capture nearly every request repeats a learned range, and gathering
+    # each group's evidence list before knowing would cost most of the detection's time.
     cursor = con.execute(
-        f"""SELECT client_ip, server_ip, unit_id, address_space, range_start, range_end, min(ts) AS first_seen,
-                   max(ts) AS last_seen, count(*) AS count,
-                   list({_EVIDENCE} ORDER BY ts, capture_id, packet_number)[1:{EVIDENCE_PACKETS}] AS evidence
-            FROM d8_registers WHERE ts >= ? GROUP BY ALL ORDER BY first_seen""",
+        """SELECT client_ip, server_ip, unit_id, address_space, range_start, range_end, min(ts) AS first_seen,
+                  max(ts) AS last_seen, count(*) AS count
+           FROM d8_registers WHERE ts >= ? GROUP BY ALL ORDER BY first_seen""",
         [until],
     )
     names = [column[0] for column in cursor.description]
-    grouped: dict[tuple[Any, ...], dict[str, Any]] = {}
+    uncovered = []
     for values in cursor.fetchall():
         row = dict(zip(names, values, strict=True))
         key = (row["client_ip"], row["server_ip"], row["unit_id"], row["address_space"])
-        if _covered(learned.get(key, []), int(row["range_start"]), int(row["range_end"])):
-            continue
+        if not _covered(learned.get(key, []), int(row["range_start"]), int(row["range_end"])):
+            uncovered.append(row)
+    evidence = _range_evidence(con, until, uncovered)
+    grouped: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in uncovered:
+        key = (row["client_ip"], row["server_ip"], row["unit_id"], row["address_space"])
+        row["evidence"] = evidence.get((*key, row["range_start"], row["range_end"]), [])
         item = grouped.get(key)
         if item is None:
             item = grouped[key] = {

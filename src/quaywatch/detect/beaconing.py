@@ -21,6 +21,8 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from quaywatch.detect.alert import Alert, EventReference, Evidence
 from quaywatch.detect.beacon_score import (
@@ -51,16 +53,24 @@ EVIDENCE_FLOWS = 50
 #: Names that are not destinations: local name services and reverse lookups (RFC 6762, RFC 6761, RFC 1035 3.5).
 LOCAL_NAME_SUFFIXES = (".local", ".arpa", ".localhost", ".home.arpa", ".lan", ".internal")
 
-_FLOW_QUERY = """
-WITH eligible AS (
-    SELECT client_ip, server_ip, server_port, transport FROM flows
-    GROUP BY ALL HAVING count(DISTINCT ts) >= ?
+# Flows in three steps, so that the million-row sort carries numbers only: the eligible pairs, their series (pair,
+# time, size), and the evidence columns of the pairs that score as beacons.
+_FLOW_PAIRS = """
+SELECT row_number() OVER (ORDER BY client_ip, server_ip, server_port, transport) AS pair, * FROM (
+    SELECT client_ip, server_ip, server_port, transport FROM flows GROUP BY ALL HAVING count(DISTINCT ts) >= ?
 )
-SELECT dense_rank() OVER (ORDER BY f.client_ip, f.server_ip, f.server_port, f.transport) AS pair,
-       f.client_ip, f.server_ip, f.server_port, f.transport, epoch_us(f.ts) AS us,
-       f.bytes_to_server AS size, f.flow_id, coalesce(f.community_id, '') AS community_id, f.capture_id,
+ORDER BY pair
+"""
+_FLOW_SERIES = """
+SELECT p.pair, epoch_us(f.ts) AS us, f.bytes_to_server AS size
+FROM flows AS f JOIN beacon_pairs AS p USING (client_ip, server_ip, server_port, transport)
+ORDER BY pair, us
+"""
+_FLOW_EVIDENCE = """
+SELECT p.pair, epoch_us(f.ts) AS us, f.flow_id, coalesce(f.community_id, '') AS community_id, f.capture_id,
        f.first_packet AS packet
-FROM flows AS f JOIN eligible USING (client_ip, server_ip, server_port, transport)
+FROM flows AS f JOIN beacon_pairs AS p USING (client_ip, server_ip, server_port, transport)
+WHERE p.pair IN (SELECT unnest(?::BIGINT[]))
 ORDER BY pair, us
 """
 
@@ -70,8 +80,12 @@ WITH queries AS (
            capture_id, packet_number
     FROM dns WHERE event_type = 'query' AND query_name IS NOT NULL AND client_ip IS NOT NULL
 ),
-eligible AS (SELECT client_ip, name FROM queries GROUP BY ALL HAVING count(DISTINCT ts) >= ?)
-SELECT dense_rank() OVER (ORDER BY q.client_ip, q.name) AS pair, q.client_ip, q.name, epoch_us(q.ts) AS us, q.size,
+eligible AS (
+    SELECT *, row_number() OVER (ORDER BY client_ip, name) AS pair FROM (
+        SELECT client_ip, name FROM queries GROUP BY ALL HAVING count(DISTINCT ts) >= ?
+    )
+)
+SELECT eligible.pair, q.client_ip, q.name, epoch_us(q.ts) AS us, q.size,
        coalesce(q.flow_id, '') AS flow_id, coalesce(q.community_id, '') AS community_id, q.capture_id,
        coalesce(q.packet_number, -1) AS packet
 FROM queries AS q JOIN eligible USING (client_ip, name)
@@ -206,7 +220,7 @@ def _severity(score: float, context: PairContext) -> str:
     return severity
 
 
-def _groups(table: dict[str, np.ndarray]) -> list[slice]:
+def _groups(table: dict[str, Any]) -> list[slice]:
     pairs = table.get("pair")
     if pairs is None or pairs.size == 0:
         return []
@@ -214,12 +228,43 @@ def _groups(table: dict[str, np.ndarray]) -> list[slice]:
     return [slice(int(start), int(end)) for start, end in itertools.pairwise(bounds)]
 
 
-def _fetch(con: duckdb.DuckDBPyConnection, query: str) -> dict[str, np.ndarray]:
-    result = con.execute(query, [MIN_CONNECTIONS]).fetchnumpy()
-    return {name: np.asarray(values) for name, values in result.items()}
+class _Strings:
+    """A text column kept in Arrow: only the slices of pairs that become alerts turn into Python objects.
+
+    A million flows' identifiers as Python strings cost seconds; nearly all of them belong to pairs that score
+    nothing.
+    """
+
+    def __init__(self, array: pa.Array) -> None:
+        self.array = array
+
+    def __getitem__(self, part: slice) -> list[Any]:
+        return self.array[part].to_pylist()
+
+    def first(self, part: slice) -> Any:
+        return self.at(part.start)
+
+    def at(self, index: int) -> Any:
+        return self.array[index].as_py()
+
+    def distinct(self) -> list[Any]:
+        return pc.unique(self.array).to_pylist()
 
 
-def _evidence(rows: dict[str, np.ndarray], part: slice, result: BeaconScore, table: str) -> Evidence:
+def _fetch(con: duckdb.DuckDBPyConnection, query: str, parameters: list[Any] | None = None) -> dict[str, Any]:
+    """Numbers as numpy arrays, text as :class:`_Strings`."""
+    table = con.sql(query, params=[MIN_CONNECTIONS] if parameters is None else parameters).to_arrow_table()
+    columns: dict[str, Any] = {}
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        array = column.combine_chunks()
+        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
+            columns[name] = _Strings(array)
+        else:
+            columns[name] = np.asarray(pc.fill_null(array, 0).to_numpy(zero_copy_only=False))
+    return columns
+
+
+def _evidence(rows: dict[str, Any], part: slice, result: BeaconScore, table: str) -> Evidence:
     flow_ids = list(dict.fromkeys(str(value) for value in rows["flow_id"][part] if value))[:EVIDENCE_FLOWS]
     community_ids = list(dict.fromkeys(str(value) for value in rows["community_id"][part] if value))[:EVIDENCE_FLOWS]
     packets = [int(value) for value in rows["packet"][part][:EVIDENCE_FLOWS] if value >= 0]
@@ -252,7 +297,7 @@ def _timestamp(microseconds: int) -> dt.datetime:
 
 
 def _alert(
-    rows: dict[str, np.ndarray],
+    rows: dict[str, Any],
     part: slice,
     result: BeaconScore,
     context: PairContext,
@@ -260,7 +305,9 @@ def _alert(
     destination: str,
     hosts: list[Host],
     table: str,
+    evidence: tuple[dict[str, Any], slice] | None = None,
 ) -> Alert:
+    """``rows[part]``: the pair's series; ``evidence``: where its evidence columns are, when not in ``rows``."""
     values = result.values
     client = key["client_ip"]
     role = f" ({context.client_role})" if context.client_role and context.client_role != "unknown" else ""
@@ -289,7 +336,7 @@ def _alert(
         score_components=list(result.components),
         assets=[host.asset_id for host in hosts if host.asset_id],
         zones=sorted({host.zone for host in hosts if host.zone}),
-        evidence=_evidence(rows, part, result, table),
+        evidence=_evidence(*(evidence or (rows, part)), result, table),
         suppression_seconds=max(3600, int(values["period_seconds"] * 4)),
     )
 
@@ -302,16 +349,24 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     policy = getattr(context, "policy", None)
     options = dict(getattr(context, "options", {}) or {}).get("beaconing", {}) or {}
     threshold = float(options.get("min_score", ALERT_SCORE))
-    flows = _fetch(con, _FLOW_QUERY)
+    con.execute("CREATE OR REPLACE TEMP TABLE beacon_pairs AS " + _FLOW_PAIRS, [MIN_CONNECTIONS])
+    pairs = _fetch(con, "SELECT * FROM beacon_pairs ORDER BY pair", [])
+    flows = _fetch(con, _FLOW_SERIES, [])
     names = _fetch(con, _DNS_QUERY) if "dns" in present else {}
-    addresses = {str(ip) for column in ("client_ip", "server_ip") for ip in flows.get(column, [])}
-    addresses |= {str(ip) for ip in names.get("client_ip", [])}
+    addresses = {str(ip) for column in ("client_ip", "server_ip") if column in pairs for ip in pairs[column].distinct()}
+    addresses |= {str(ip) for ip in names["client_ip"].distinct()} if "client_ip" in names else set()
     hosts = _hosts(con, addresses, present, policy)
     allowed = _allowed_pairs(con) if "flow_policy" in present else set()
+    answers = _answers(con) if "dns" in present and _groups(names) else {}
     alerts: list[Alert] = []
+    pending: list[tuple[int, slice, BeaconScore, PairContext, dict[str, str], str, list[Host]]] = []
     for part in _groups(flows):
-        client_ip, server_ip = str(flows["client_ip"][part][0]), str(flows["server_ip"][part][0])
-        port, transport = int(flows["server_port"][part][0]), str(flows["transport"][part][0])
+        index = int(flows["pair"][part.start]) - 1  # pairs are numbered from 1 in row order of beacon_pairs
+        client_ip, server_ip = (
+            str(pairs["client_ip"].at(index)),
+            str(pairs["server_ip"].at(index)),
+        )
+        port, transport = int(pairs["server_port"][index]), str(pairs["transport"].at(index))
         client, server = hosts[client_ip], hosts[server_ip]
         pair = replace(
             _pair_context(client, server, _approved(policy, server_ip, None)),
@@ -324,12 +379,17 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
             continue
         key = {"client_ip": client_ip, "server_ip": server_ip, "server_port": str(port), "transport": transport}
         destination = f"{server_ip}:{port}/{transport}" if transport in ("tcp", "udp", "sctp") else server_ip
-        alerts.append(_alert(flows, part, result, pair, key, destination, [client, server], "flows"))
+        pending.append((index + 1, part, result, pair, key, destination, [client, server]))
+    evidence = _fetch(con, _FLOW_EVIDENCE, [[number for number, *_ in pending]]) if pending else {}
+    spans = {int(evidence["pair"][span.start]): span for span in _groups(evidence)}
+    for number, part, result, pair, key, destination, ends in pending:
+        alerts.append(_alert(flows, part, result, pair, key, destination, ends, "flows", (evidence, spans[number])))
+    con.execute("DROP TABLE IF EXISTS temp.beacon_pairs")
     for part in _groups(names):
-        client_ip, name = str(names["client_ip"][part][0]), str(names["name"][part][0])
+        client_ip, name = str(names["client_ip"].first(part)), str(names["name"].first(part))
         if "." not in name.strip(".") or name.rstrip(".").endswith(LOCAL_NAME_SUFFIXES):
             continue
-        resolved = _answers(con, client_ip, name)
+        resolved = answers.get((client_ip, name), set())
         if resolved and all(_is_internal(address) for address in resolved):
             continue  # a site service looked up again as its cache expires, not a destination outside
         if any(_approved(policy, address, None) for address in resolved):
@@ -351,17 +411,20 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     return alerts
 
 
-def _answers(con: duckdb.DuckDBPyConnection, client_ip: str, name: str) -> set[str]:
-    """Addresses the client was given for the name (A/AAAA answers of its responses; CNAME targets left out)."""
+def _answers(con: duckdb.DuckDBPyConnection) -> dict[tuple[str, str], set[str]]:
+    """Per (client, lower-cased name): the addresses it was given (A/AAAA answers; CNAME targets left out).
+
+    One scan of ``dns`` for every name, rather than one query per candidate name.
+    """
     rows = con.execute(
-        "SELECT DISTINCT unnest(answer_data) FROM dns WHERE event_type = 'response' AND client_ip = ? "
-        "AND lower(query_name) = ? AND answer_data IS NOT NULL",
-        [client_ip, name],
+        "SELECT DISTINCT client_ip, lower(query_name), unnest(answer_data) FROM dns WHERE event_type = 'response' "
+        "AND client_ip IS NOT NULL AND query_name IS NOT NULL AND answer_data IS NOT NULL"
     ).fetchall()
-    addresses: set[str] = set()
-    for (text,) in rows:
+    addresses: dict[tuple[str, str], set[str]] = {}
+    for client_ip, name, text in rows:
+        found = addresses.setdefault((str(client_ip), str(name)), set())
         try:
-            addresses.add(str(ipaddress.ip_address(str(text))))
+            found.add(str(ipaddress.ip_address(str(text))))
         except ValueError:
             continue
     return addresses

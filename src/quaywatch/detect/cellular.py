@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
+import functools
 import ipaddress
 import re
 from collections import Counter
@@ -148,7 +149,9 @@ def _has_context(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(row and row[0])
 
 
+@functools.lru_cache(maxsize=65536)
 def _global(ip: str | None) -> bool:
+    """Cached: a store of a million flows has a few thousand distinct addresses."""
     try:
         return ip is not None and ipaddress.ip_address(ip).is_global
     except ValueError:
@@ -190,16 +193,26 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
 
 def _site_gateway(con: duckdb.DuckDBPyConnection, devices: Devices) -> tuple[str | None, set[str], Counter[int]]:
     """The MAC carrying most internet flows, its addresses, and the reply TTLs seen through it."""
+    # Grouped in SQL, in order of first appearance, so that ties between MACs fall as they did row by row.
     rows = con.execute(
-        "SELECT server_ip, lower(server_mac), server_ttl FROM flows WHERE server_mac IS NOT NULL"
+        """
+        SELECT server_ip, lower(server_mac) AS mac, server_ttl, count(*) AS n, min(rowid) AS first FROM flows
+        WHERE server_mac IS NOT NULL GROUP BY ALL ORDER BY first
+        """
     ).fetchall()
-    counts: Counter[str] = Counter(mac for ip, mac, _ in rows if _global(ip))
+    counts: Counter[str] = Counter()
+    for ip, each, _, n, _ in rows:
+        if _global(ip):
+            counts[each] += n
     if not counts:
         return None, set(), Counter()
     mac = counts.most_common(1)[0][0]
     asset_id = devices.by_mac.get(mac)
     ips = devices.asset_ips.get(asset_id, set()) if asset_id else set()
-    ttls: Counter[int] = Counter(int(ttl) for ip, each, ttl in rows if each == mac and ttl is not None and _global(ip))
+    ttls: Counter[int] = Counter()
+    for ip, each, ttl, n, _ in rows:
+        if each == mac and ttl is not None and _global(ip):
+            ttls[int(ttl)] += n
     return mac, ips, ttls
 
 
@@ -224,13 +237,17 @@ def _maker(con: duckdb.DuckDBPyConnection, devices: Devices) -> None:
 def _uplinks(con: duckdb.DuckDBPyConnection, devices: Devices, gateway: str | None, ttls: Counter[int]) -> None:
     if gateway is None:
         return
+    # Only flows to internet addresses matter: the few distinct servers are judged in Python, the rows filtered in SQL.
+    servers = con.execute("SELECT DISTINCT server_ip FROM flows WHERE server_mac IS NOT NULL").fetchall()
+    internet = [ip for (ip,) in servers if _global(ip)]
     rows = con.execute(
         """
         SELECT lower(server_mac), lower(client_mac), client_ip, server_ip, server_ttl, ts, flow_id, community_id,
                capture_id, first_packet
-        FROM flows WHERE server_mac IS NOT NULL AND lower(server_mac) <> ? ORDER BY ts
+        FROM flows WHERE server_mac IS NOT NULL AND lower(server_mac) <> ? AND server_ip IN (SELECT unnest(?))
+        ORDER BY ts
         """,
-        [gateway],
+        [gateway, internet],
     ).fetchall()
     usual = sorted(ttls)
     for mac, client_mac, client_ip, server_ip, ttl, ts, flow_id, community_id, capture_id, packet in rows:

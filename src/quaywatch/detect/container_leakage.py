@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 from quaywatch.policy.model import EXTERNAL_ZONE, ContainerDataFlow, Policy
 
@@ -123,6 +125,51 @@ def _where(verdict: str | None, conduit: str | None, zone: str | None, ip: str) 
     return f"zone {zone}" if zone else "an internal address"
 
 
+_COMBINATION = ("kind", "direction", "client_ip", "server_ip", "verdict", "conduit", "client_zone", "server_zone")
+
+
+def _kept(
+    rules: Iterable[ContainerDataFlow], judged: bool, kind: str, direction: str | None, client: str | None,
+    server: str | None, verdict: str | None, conduit: str | None, client_zone: str | None, server_zone: str | None,
+) -> bool:  # fmt: skip
+    """Whether rows with these values can count: the per-row test of :func:`detect`, on what it depends on."""
+    to_client = direction == "to_client"
+    destination = client if to_client else server
+    if (server if to_client else client) is None or destination is None:
+        return False
+    if judged:
+        source_zone, destination_zone = (server_zone, client_zone) if to_client else (client_zone, server_zone)
+        return _allowed_by(rules, _family(str(kind)), verdict, conduit, source_zone, destination_zone) is None
+    return _public(destination)
+
+
+def _kept_rows(
+    con: duckdb.DuckDBPyConnection, sql: str, rules: Iterable[ContainerDataFlow], judged: bool
+) -> list[tuple[Any, ...]]:
+    """The rows of ``sql`` that can count, in its order.
+
+    The verdict depends only on a few columns with few distinct combinations (a terminal's cargo traffic is mostly
+    the same allowed EDI conduits, hundreds of thousands of matches a day): each combination is judged once in
+    Python and only the rows of the kept ones are fetched.
+    """
+    columns = ", ".join(_COMBINATION)
+    combinations = con.execute(f"SELECT DISTINCT {columns} FROM ({sql})").fetchall()
+    kept = [row for row in combinations if _kept(rules, judged, *row)]
+    if not kept:
+        return []
+    table = pa.table({name: [row[i] for row in kept] for i, name in enumerate(_COMBINATION)})
+    table = table.cast(pa.schema([pa.field(name, pa.string()) for name in _COMBINATION]))
+    con.register("container_leakage_kept", table)
+    try:
+        on = " AND ".join(f"q.{name} IS NOT DISTINCT FROM k.{name}" for name in _COMBINATION)
+        return con.execute(
+            f"SELECT q.* FROM ({sql}) AS q SEMI JOIN container_leakage_kept AS k ON {on} "
+            "ORDER BY q.ts, q.packet_number, q.kind, q.value"
+        ).fetchall()
+    finally:
+        con.unregister("container_leakage_kept")
+
+
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
     """One alert per source, destination and kind family of cargo data that went where the policy does not allow."""
     present = {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
@@ -133,7 +180,7 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
         policy_columns=_POLICY_COLUMNS if judged else _NO_POLICY_COLUMNS, policy_join=_POLICY_JOIN if judged else ""
     )
     groups: dict[tuple[str, str, str], _Group] = {}
-    for row in con.execute(sql).fetchall():
+    for row in _kept_rows(con, sql, rules, judged):
         (capture_id, flow_id, community_id, client, server, server_port, direction, ts, packet, kind, value, valid,
          verdict, conduit, client_zone, server_zone) = row  # fmt: skip
         family = _family(str(kind))

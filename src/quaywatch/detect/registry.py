@@ -15,6 +15,7 @@ one entry to ``MODULES`` below. A module whose alerts carry other detection ids 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -68,6 +69,8 @@ class DetectionSummary:
     skipped: dict[str, str] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)
     detected_at: dt.datetime | None = None
+    #: Wall seconds per rule and module (and ``context``, ``write``): where a slow run spends its time.
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -80,6 +83,7 @@ class DetectionSummary:
             "skipped": dict(sorted(self.skipped.items())),
             "failed": dict(sorted(self.failed.items())),
             "detected_at": self.detected_at.isoformat() if self.detected_at else None,
+            "seconds": {name: round(value, 6) for name, value in sorted(self.seconds.items())},
         }
 
 
@@ -160,7 +164,9 @@ def run_detections(
     context = context or DetectionContext()
     con = _connection(target)
     summary = DetectionSummary(detected_at=context.now)
+    started = time.perf_counter()
     build_context_views(con)
+    summary.seconds["context"] = time.perf_counter() - started
     present = relations(con)
     chosen = rules if rules is not None else load_rules(rules_folder)
     ran: list[str] = []
@@ -171,11 +177,14 @@ def run_detections(
         if missing:
             summary.skipped[rule.id] = f"no table {', '.join(missing)} in the store"
             continue
+        started = time.perf_counter()
         try:
             found = evaluate(con, rule, context.now)
         except (duckdb.Error, RuleError) as error:
             summary.failed[rule.id] = str(error)
             continue
+        finally:
+            summary.seconds[rule.id] = time.perf_counter() - started
         ran.append(rule.id)
         alerts += found
     for module in MODULES if modules is None else modules:
@@ -184,15 +193,20 @@ def run_detections(
         if missing:
             summary.skipped[name] = f"no table {', '.join(missing)} in the store"
             continue
+        started = time.perf_counter()
         try:
             found = list(module.detect(con, context))
         except duckdb.Error as error:
             summary.failed[name] = str(error)
             continue
+        finally:
+            summary.seconds[name] = time.perf_counter() - started
         emitted = {name, *getattr(module, "DETECTIONS", ()), *(alert.detection for alert in found)}
         ran += sorted(emitted)
         alerts += found
+    started = time.perf_counter()
     write_alerts(con, ran, alerts, context.now)
+    summary.seconds["write"] = time.perf_counter() - started
     # Report rows after folding: what the table now holds for each detection that ran.
     rows = con.execute(
         f'SELECT detection, count(*) FROM "{ALERTS_TABLE}" WHERE detected_at = ? GROUP BY 1', [context.now]

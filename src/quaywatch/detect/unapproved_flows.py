@@ -34,17 +34,41 @@ SEVERITY_STEPS = ("low", "medium", "high", "critical")
 #: Destination enrichment hook: functions ip -> {"country": str, "asn": str}; empty offline (see module docstring).
 ENRICHERS: list[Callable[[str], dict[str, str]]] = []
 
-_QUERY = """
+# The unapproved flows with an OT end, each with its alert's group: internet peers one by one; inside the site one
+# alert per client and server zone, so a sweep is one alert. Grouping happens in DuckDB (a site has hundreds of
+# thousands of such flows, and Python would build a record for each); only the first EVIDENCE_FLOWS rows of each
+# group reach Python.
+_MATCHED = """
+CREATE OR REPLACE TEMP TABLE unapproved_matched AS
 SELECT p.verdict, p.client_ip, p.server_ip, p.client_zone, p.server_zone, p.protocol, p.conduit, p.reason,
-       f.flow_id, f.community_id, f.capture_id, f.first_packet, f.ts, f.last_ts, f.server_port,
+       f.flow_id, f.community_id, f.capture_id, f.first_packet AS packet, f.ts, f.last_ts, f.server_port,
        coalesce(c.ot, false) AS client_ot, coalesce(s.ot, false) AS server_ot, c.role AS client_role,
-       s.role AS server_role, c.asset_id AS client_asset, s.asset_id AS server_asset
+       s.role AS server_role, c.asset_id AS client_asset, s.asset_id AS server_asset,
+       CASE WHEN p.verdict = 'external_unapproved' THEN p.server_ip ELSE 'zone:' || p.server_zone END AS target
 FROM flow_policy AS p
 JOIN flows AS f USING (capture_id, flow_id)
 LEFT JOIN host_context AS c ON c.ip = p.client_ip
 LEFT JOIN host_context AS s ON s.ip = p.server_ip
 WHERE p.verdict IN ('external_unapproved', 'violation') AND (coalesce(c.ot, false) OR coalesce(s.ot, false))
-ORDER BY p.client_ip, p.server_ip, f.ts
+"""
+_GROUPS = """
+SELECT client_ip, target, count(*) AS n, min(ts) AS first_seen, max(last_ts) AS last_seen,
+       bool_or(verdict = 'external_unapproved') AS external,
+       list(DISTINCT coalesce(protocol, 'None')) AS protocols, list(DISTINCT server_port) AS ports,
+       list(DISTINCT coalesce(reason, 'None')) AS reasons, list(DISTINCT server_ip) AS servers,
+       list(DISTINCT verdict) AS verdicts, list(DISTINCT conduit) FILTER (WHERE conduit <> '') AS conduits,
+       list(DISTINCT community_id) FILTER (WHERE community_id <> '') AS community_ids,
+       list(DISTINCT client_role) FILTER (WHERE client_ot) AS client_roles,
+       list(DISTINCT server_role) FILTER (WHERE server_ot) AS server_roles,
+       (list(server_ip ORDER BY server_ip, ts) FILTER (WHERE server_ot))[1:50] AS ot_servers
+FROM unapproved_matched GROUP BY client_ip, target
+"""
+_ROWS = """
+SELECT * EXCLUDE (position) FROM (
+    SELECT *, row_number() OVER (PARTITION BY client_ip, target ORDER BY server_ip, ts) AS position
+    FROM unapproved_matched
+) WHERE position <= ?
+ORDER BY client_ip, server_ip, ts
 """
 
 
@@ -58,25 +82,26 @@ def enrich(ip: str) -> dict[str, str]:
 
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
     """One alert per (client, internet peer) or (client, server zone) of unapproved flows with an OT end."""
-    columns = [
-        "verdict", "client_ip", "server_ip", "client_zone", "server_zone", "protocol", "conduit", "reason",
-        "flow_id", "community_id", "capture_id", "packet", "ts", "last_ts", "server_port", "client_ot",
-        "server_ot", "client_role", "server_role", "client_asset", "server_asset",
-    ]  # fmt: skip
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in con.execute(_QUERY).fetchall():
-        record = dict(zip(columns, row, strict=True))
-        # Internet peers one by one; inside the site one alert per client and zone, so a sweep is one alert.
-        external = record["verdict"] == "external_unapproved"
-        target = record["server_ip"] if external else f"zone:{record['server_zone']}"
-        groups.setdefault((record["client_ip"], target), []).append(record)
-    return [_alert(rows) for rows in groups.values()]
+    con.execute(_MATCHED)  # once, for the aggregates and the evidence rows
+    cursor = con.execute(_GROUPS)
+    names = [column[0] for column in cursor.description]
+    groups = {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
+    cursor = con.execute(_ROWS, [EVIDENCE_FLOWS])
+    names = [column[0] for column in cursor.description]
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in cursor.fetchall():
+        record = dict(zip(names, row, strict=True))
+        rows.setdefault((record["client_ip"], record["target"]), []).append(record)
+    con.execute("DROP TABLE IF EXISTS temp.unapproved_matched")
+    return [_alert(found, groups[key]) for key, found in rows.items()]
 
 
-def _alert(rows: list[dict[str, Any]]) -> Alert:
+def _alert(rows: list[dict[str, Any]], group: dict[str, Any]) -> Alert:
+    """``rows``: the group's first EVIDENCE_FLOWS flows in time order; ``group``: its aggregates (``_GROUPS``)."""
     first = rows[0]
     client, server = first["client_ip"], first["server_ip"]
-    external = any(row["verdict"] == "external_unapproved" for row in rows)
+    external = bool(group["external"])
+    count = int(group["n"])
     outbound = external and first["server_zone"] == "external"
     inbound = external and first["client_zone"] == "external"
     ot_side = "client" if first["client_ot"] else "server"
@@ -85,13 +110,11 @@ def _alert(rows: list[dict[str, Any]]) -> Alert:
     zone = first["server_zone"]
     peer = server if ot_side == "client" else client
     peer_info = enrich(peer) if external else {}
-    protocols = sorted({str(row["protocol"]) for row in rows})
-    ports = sorted({int(row["server_port"]) for row in rows})
-    reasons = sorted({str(row["reason"]) for row in rows})
-    servers = sorted({str(row["server_ip"]) for row in rows})
-    ot_roles = {row["client_role"] for row in rows if row["client_ot"]} | {
-        row["server_role"] for row in rows if row["server_ot"]
-    }
+    protocols = sorted(str(value) for value in group["protocols"])
+    ports = sorted(int(value) for value in group["ports"])
+    reasons = sorted(str(value) for value in group["reasons"])
+    servers = sorted(str(value) for value in group["servers"])
+    ot_roles = {*(group["client_roles"] or []), *(group["server_roles"] or [])}
     critical = sorted(role for role in ot_roles if role in CRITICAL_ROLES)
     critical_role = bool(critical)
     ot_role = ", ".join(critical) if critical else side_role
@@ -124,7 +147,7 @@ def _alert(rows: list[dict[str, Any]]) -> Alert:
         title = f"{client} (zone {first['client_zone']}) talks to {server} in zone {zone} unapproved"
         where = f"{server} ({', '.join(servers[:10])}) in " + where if len(servers) > 1 else f"{server} in " + where
     explanation = (
-        f"{len(rows)} flow(s) over {', '.join(protocols)} (server port {', '.join(map(str, ports[:10]))}) between "
+        f"{count} flow(s) over {', '.join(protocols)} (server port {', '.join(map(str, ports[:10]))}) between "
         f"OT asset {ot_ip}{role_text} and {where}. Policy reason: {reasons[0]} Check whether this path is in a "
         "contract; if it is, add a conduit or external destination to the policy, else cut it."
     )
@@ -142,31 +165,31 @@ def _alert(rows: list[dict[str, Any]]) -> Alert:
             f"an OT end is a {ot_role}, which should never talk outside its zone"
             if critical_role else f"the OT end's role is {ot_role or 'unknown'}",
         ),
-        ScoreComponent("flows", min(len(rows) / 10, 1.0), 0.1, f"{len(rows)} unapproved flow(s) (10 or more: 1)"),
+        ScoreComponent("flows", min(count / 10, 1.0), 0.1, f"{count} unapproved flow(s) (10 or more: 1)"),
     ]  # fmt: skip
     score = round(sum(component.value * component.weight for component in components), 3)
     owned = [
         first["client_asset"] if first["client_ot"] else None,
         first["server_asset"] if first["server_ot"] else None,
     ]
-    ot_servers = [str(row["server_ip"]) for row in rows if row["server_ot"]]
+    ot_servers = [str(value) for value in group["ot_servers"] or []]
     assets = sorted({ot_ip, *(value for value in owned if value), *ot_servers[:50]})
     evidence = Evidence(
         flow_ids=[row["flow_id"] for row in rows[:EVIDENCE_FLOWS]],
-        community_ids=sorted({row["community_id"] for row in rows if row["community_id"]})[:EVIDENCE_FLOWS],
+        community_ids=sorted(group["community_ids"] or [])[:EVIDENCE_FLOWS],
         events=[
             EventReference("flows", row["capture_id"], int(row["packet"]), row["flow_id"])
             for row in rows[:EVIDENCE_FLOWS]
         ],
         packet_numbers=[int(row["packet"]) for row in rows[:EVIDENCE_FLOWS]],
         values={
-            "verdict": sorted({row["verdict"] for row in rows}),
+            "verdict": sorted(group["verdicts"]),
             "client_zone": [first["client_zone"]],
             "server_zone": [first["server_zone"]],
             "protocol": protocols[:20],
             "server_port": ports[:20],
             "reason": reasons[:20],
-            "conduit": sorted({row["conduit"] for row in rows if row["conduit"]})[:20],
+            "conduit": sorted(group["conduits"] or [])[:20],
             **({"peer_country": [peer_info["country"]], "peer_asn": [peer_info["asn"]]} if external else {}),
         },
     )
@@ -177,9 +200,9 @@ def _alert(rows: list[dict[str, Any]]) -> Alert:
         severity=severity,
         confidence=0.9 if first["client_zone"] != "unzoned" else 0.7,
         techniques=list(TECHNIQUES),
-        first_seen=min(row["ts"] for row in rows),
-        last_seen=max(row["last_ts"] for row in rows),
-        count=len(rows),
+        first_seen=group["first_seen"],
+        last_seen=group["last_seen"],
+        count=count,
         explanation=explanation,
         score=score,
         score_components=components,
