@@ -35,7 +35,7 @@ from quaywatch.sim.model import Device, TerminalModel
 from quaywatch.sim.pcapng import PcapngWriter
 from quaywatch.sim.physics import TerminalPhysics
 
-WINDOW_SECONDS = 10.0
+WINDOW_SECONDS = 30.0  # simulated seconds merged per write: larger windows amortise per-source work
 EXTERNAL_PURDUE = 99.0
 ROLE_TTL = {"workstation": 128, "engineering workstation": 128, "HMI": 128}
 
