@@ -195,6 +195,9 @@ def _interrupt(signum: int, _frame: FrameType | None) -> None:
 def running(testbed: Testbed) -> Iterator[Testbed]:
     """Run the testbed for the body of the ``with``; always removes it, whatever ends the body."""
     previous_term = signal.signal(signal.SIGTERM, _interrupt)
+    # Python leaves SIGINT ignored when it was ignored at start-up (a job started in the background of a
+    # non-interactive shell, as CI runners do): handle it explicitly so Ctrl-C and `kill -INT` always clean up.
+    original_int = signal.signal(signal.SIGINT, _interrupt)
     try:
         testbed.start()
         yield testbed
@@ -203,5 +206,5 @@ def running(testbed: Testbed) -> Iterator[Testbed]:
         try:
             testbed.stop()
         finally:
-            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGINT, original_int if previous_int is _interrupt else previous_int)
             signal.signal(signal.SIGTERM, previous_term)
