@@ -125,6 +125,13 @@ class Session(ABC):
         """The flow ended; flush what can be said about unfinished messages."""
         return []
 
+    def idle(self) -> bool:
+        """No partial message and nothing skipped in either direction (see ``Decoder.decode_segments``).
+
+        Only then may a vectorised path decode the next segments instead of ``feed``; the default says never.
+        """
+        return False
+
 
 class Decoder(ABC):
     """A protocol: how to recognise it and how to start a session.
@@ -165,6 +172,35 @@ class Decoder(ABC):
         decoder without such a path returns None and its sessions see every datagram.
         """
         return None
+
+    def segment_shapes(
+        self, buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, sides: np.ndarray
+    ) -> np.ndarray:
+        """Per TCP segment: it holds exactly one whole PDU of a shape ``decode_segments`` decodes (stateless).
+
+        Cyclic polling sends one small request and one small response per segment, far more often than a Python
+        call per segment keeps up with. The dispatcher hands a flow's segments to ``decode_segments`` only while
+        they arrive in order, each has this shape and the flow's session is ``idle``; from the first segment that
+        breaks a condition on, the flow's segments go to its session as usual.
+        """
+        return np.zeros(starts.shape[0], np.bool_)
+
+    def decode_segments(
+        self,
+        buffer: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        sides: np.ndarray,
+        timestamps: np.ndarray,
+        sessions: list[Session],
+    ) -> list[tuple[np.ndarray, DatagramRows]]:
+        """Rows for segments ``segment_shapes`` accepted, in stream order; ``sessions[i]`` owns segment ``i``.
+
+        Returns (positions among the segments offered, rows for them) per event type. The rows must equal what
+        the sessions' ``feed`` would have returned, and the sessions' own state (pending requests) must end as
+        ``feed`` would have left it.
+        """
+        return []
 
     def session_for(self, server_port: int) -> Session:
         """A fresh session for a flow to ``server_port``.

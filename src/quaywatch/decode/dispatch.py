@@ -25,6 +25,7 @@ from quaywatch.decode.base import (
     Session,
     anomaly,
 )
+from quaywatch.decode.segments import in_order_prefix
 from quaywatch.flows import table
 from quaywatch.flows.community_id import community_id
 from quaywatch.flows.reassembly import StreamData, StreamGap, StreamReassembler
@@ -106,6 +107,16 @@ class Dispatcher:
             or [-1],
             np.int64,
         )
+        #: TCP decoders with a vectorised path for whole PDUs per in-order segment (polled protocols).
+        self.segment_decoders = np.array(
+            [
+                i
+                for i, d in enumerate(decoders)
+                if d.transport == "tcp" and type(d).decode_segments is not Decoder.decode_segments
+            ]
+            or [-1],
+            np.int64,
+        )
         self.ether_types = np.array(
             sorted({t for i in self.frame_decoders for t in decoders[i].ethertypes}) or [-1], np.int64
         )
@@ -173,12 +184,25 @@ class Dispatcher:
         deliver = candidates[states >= 0]
         if deliver.shape[0] == 0:
             return
+        if claimed_from:  # payloads before the one that identified the protocol are not decoded
+            first = np.full(flows.shape[0], -1, np.int64)
+            first[np.fromiter(claimed_from.keys(), np.int64)] = np.fromiter(claimed_from.values(), np.int64)
+            deliver = deliver[deliver >= first[flow_index[deliver]]]
+        batched = self._datagram_batches(buffer, overrides, deliver, packets[deliver], flow_index, direction,
+                                         timestamps, first_packet_number, flows)  # fmt: skip
+        if batched is not None:  # decoded already, column-wise: the per-packet loop skips them without a look
+            deliver = deliver[~batched]
+        segmented = self._segment_batches(buffer, overrides, deliver, packets[deliver], flow_index, direction,
+                                          timestamps, first_packet_number, flows)  # fmt: skip
+        if segmented is not None:
+            deliver = deliver[~segmented]
+        if deliver.shape[0] == 0:
+            return
         # Pull every column the loop needs into Python lists at once: numpy scalar access per packet is slow.
         chosen = packets[deliver]
         memory = memoryview(buffer)  # type: ignore[arg-type]
         columns = zip(
             deliver.tolist(),
-            flow_index[deliver].tolist(),
             flows["uid"][flow_index[deliver]].tolist(),
             direction[deliver].tolist(),
             timestamps[deliver].tolist(),
@@ -190,14 +214,8 @@ class Dispatcher:
             chosen["tcp_flags"].tolist(),
             strict=True,
         )
-        batched = self._datagram_batches(buffer, overrides, deliver, chosen, flow_index, direction, timestamps,
-                                         first_packet_number, claimed_from, flows)  # fmt: skip
         sessions = self.sessions
-        for index, row_index, uid, side_number, timestamp, start, captured, declared, sequence, ack, flags in columns:
-            if claimed_from and index < claimed_from.get(row_index, -1):
-                continue  # payloads before the one that identified the protocol
-            if batched is not None and index in batched:
-                continue
+        for index, uid, side_number, timestamp, start, captured, declared, sequence, ack, flags in columns:
             flow_session = sessions.get(uid)
             if flow_session is None:
                 continue
@@ -231,10 +249,9 @@ class Dispatcher:
         direction: np.ndarray,
         timestamps: np.ndarray,
         first_packet_number: int,
-        claimed_from: dict[int, int],
         flows: np.ndarray,
-    ) -> set[int] | None:
-        """Datagrams of decoders with a vectorised path, decoded in one call each; their packet indices."""
+    ) -> np.ndarray | None:
+        """Datagrams of decoders with a vectorised path, decoded in one call each; a mask over ``deliver``."""
         if not self.VECTORISED or self.batch_decoders[0] < 0:
             return None
         rows = flow_index[deliver]
@@ -242,13 +259,9 @@ class Dispatcher:
         wanted = np.isin(owners, self.batch_decoders)  # UDP decoders only, so datagrams only
         if overrides:
             wanted &= ~np.isin(deliver, np.fromiter(overrides, np.int64, len(overrides)))
-        if claimed_from:  # payloads before the one that identified the protocol are not decoded
-            first = np.full(flows.shape[0], -1, np.int64)
-            first[np.fromiter(claimed_from.keys(), np.int64)] = np.fromiter(claimed_from.values(), np.int64)
-            wanted &= deliver >= first[rows]
         if not wanted.any():
             return None
-        done: set[int] = set()
+        done = np.zeros(deliver.shape[0], np.bool_)
         for decoder_index in np.unique(owners[wanted]).tolist():
             mine = np.flatnonzero(wanted & (owners == decoder_index))
             decoder = self.decoders[decoder_index]
@@ -264,7 +277,94 @@ class Dispatcher:
             picked = mine[result.handled]
             self._add_rows(result, deliver[picked], rows[picked], direction[deliver[picked]],
                            timestamps[deliver[picked]], first_packet_number, flows)  # fmt: skip
-            done.update(deliver[picked].tolist())
+            done[picked] = True
+        if self.buffer.count >= self.EVENT_FLUSH and self.on_full is not None:
+            self.on_full()
+        return done
+
+    def _segment_batches(
+        self,
+        buffer: np.ndarray,
+        overrides: dict[int, np.ndarray],
+        deliver: np.ndarray,
+        chosen: np.ndarray,
+        flow_index: np.ndarray,
+        direction: np.ndarray,
+        timestamps: np.ndarray,
+        first_packet_number: int,
+        flows: np.ndarray,
+    ) -> np.ndarray | None:
+        """Each flow's in-order prefix of whole-PDU segments, decoded column-wise (decode/segments.py); a mask."""
+        if not self.VECTORISED or self.segment_decoders[0] < 0 or deliver.shape[0] == 0:
+            return None
+        rows = flow_index[deliver]
+        owners = flows["decoder"][rows].astype(np.int64)
+        wanted = np.isin(owners, self.segment_decoders)
+        if not wanted.any():
+            return None
+        done = np.zeros(deliver.shape[0], np.bool_)
+        for decoder_index in np.unique(owners[wanted]).tolist():
+            mine = np.flatnonzero(wanted & (owners == decoder_index))
+            decoder = self.decoders[decoder_index]
+            distinct, slots = np.unique(flows["uid"][rows[mine]], return_inverse=True)
+            slots = slots.astype(np.int64)
+            # A flow qualifies while its session has no partial message and neither stream holds a hole.
+            sessions: list[_FlowSession | None] = []
+            next_sequence = np.full((distinct.shape[0], 2), -1, np.int64)
+            for slot, uid in enumerate(distinct.tolist()):
+                flow_session = self.sessions.get(uid)
+                streams = flow_session.streams if flow_session is not None else None
+                if (
+                    flow_session is None
+                    or streams is None
+                    or streams[0].pending
+                    or streams[1].pending
+                    or not flow_session.session.idle()
+                ):
+                    sessions.append(None)
+                    continue
+                sessions.append(flow_session)
+                for side in (0, 1):
+                    known = streams[side].next_sequence
+                    if known is not None:
+                        next_sequence[slot, side] = known
+            starts = chosen["payload_offset"][mine]
+            lengths = chosen["payload_captured"][mine].astype(np.int64)
+            sides = direction[deliver[mine]].astype(np.int64)
+            try:
+                accepted = np.asarray(decoder.segment_shapes(buffer, starts, lengths, sides), np.bool_)
+            except Exception as error:  # a decoder must not raise; its sessions take the segments instead
+                log.warning("segment shapes of %s raised %r", decoder.name, error)
+                continue
+            accepted &= chosen["payload_length"][mine] == chosen["payload_captured"][mine]
+            if overrides:  # reassembled IP fragments live outside the batch buffer
+                accepted &= ~np.isin(deliver[mine], np.fromiter(overrides, np.int64, len(overrides)))
+            before = next_sequence.copy()
+            fast = in_order_prefix(slots, sides, chosen["sequence"][mine].astype(np.int64), lengths, accepted,
+                                   next_sequence)  # fmt: skip
+            if not fast.any():
+                continue
+            picked = mine[fast]
+            picked_slots = slots[fast]
+            owners_of = [sessions[slot].session for slot in picked_slots.tolist()]
+            try:
+                results = decoder.decode_segments(
+                    buffer, starts[fast], lengths[fast], sides[fast], timestamps[deliver[picked]], owners_of
+                )
+            except Exception as error:  # the contract says decoders never raise; the sessions take over
+                log.warning("vectorised segments of %s raised %r", decoder.name, error)
+                continue
+            for positions, result in results:
+                where = picked[positions]
+                self._add_rows(result, deliver[where], rows[where], direction[deliver[where]],
+                               timestamps[deliver[where]], first_packet_number, flows)  # fmt: skip
+            moved = np.bincount(picked_slots * 2 + sides[fast], weights=lengths[fast], minlength=2 * len(sessions))
+            for key in np.flatnonzero(moved).tolist():
+                slot, side = key >> 1, key & 1
+                streams = sessions[slot].streams  # type: ignore[union-attr]
+                assert streams is not None and before[slot, side] >= 0
+                streams[side].advance(int(next_sequence[slot, side]), int(moved[key]))
+            done[picked] = True
         if self.buffer.count >= self.EVENT_FLUSH and self.on_full is not None:
             self.on_full()
         return done

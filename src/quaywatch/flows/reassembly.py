@@ -82,6 +82,19 @@ class StreamReassembler:
             pieces += self._skip_to_earliest()
         return pieces
 
+    def in_order(self) -> bool:
+        """Nothing buffered out of order and the next sequence number known: the next segment can be checked alone."""
+        return self.next_sequence is not None and not self.pending
+
+    def advance(self, next_sequence: int, length: int) -> None:
+        """``length`` in-order bytes were decoded elsewhere (a vectorised path) up to ``next_sequence``.
+
+        The retransmission comparison window is dropped: bytes it did not see cannot be compared.
+        """
+        self.next_sequence = next_sequence % MODULO
+        self.delivered_bytes += length
+        self._recent.clear()
+
     def acknowledged(self, acknowledgement: int) -> list[StreamPiece]:
         """The receiver acknowledged up to ``acknowledgement``.
 

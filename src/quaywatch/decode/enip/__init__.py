@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from quaywatch.decode.base import DatagramRows, Decoder, Direction, Event, Session, anomaly
 from quaywatch.decode.enip import constants as c
+from quaywatch.decode.enip import vectorised
 
 PROTOCOL = "enip"
 HEADER = struct.Struct("<HHII8sI")
@@ -334,6 +335,9 @@ class EnipStreamSession(Session):
         self.buffers[direction].clear()
         return []
 
+    def idle(self) -> bool:
+        return not any(self.buffers.values())
+
     def close(self) -> list[Event]:
         events = []
         for direction, buffer in self.buffers.items():
@@ -405,6 +409,22 @@ class EnipTcpDecoder(Decoder):
 
     def session(self) -> Session:
         return EnipStreamSession()
+
+    def segment_shapes(
+        self, buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, sides: np.ndarray
+    ) -> np.ndarray:
+        return vectorised.segment_kinds(buffer, starts, lengths) != 0
+
+    def decode_segments(
+        self,
+        buffer: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        sides: np.ndarray,
+        timestamps: np.ndarray,
+        sessions: list[Session],
+    ) -> list[tuple[np.ndarray, DatagramRows]]:
+        return vectorised.decode_segments(buffer, starts, lengths)
 
 
 class EnipUdpDecoder(Decoder):

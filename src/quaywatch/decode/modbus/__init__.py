@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 
-from quaywatch.decode.base import Decoder, Direction, Event, Session, anomaly
+from quaywatch.decode.base import DatagramRows, Decoder, Direction, Event, Session, anomaly
 from quaywatch.decode.framing import ResynchronisingStreams
-from quaywatch.decode.modbus import parser
+from quaywatch.decode.modbus import parser, vectorised
 from quaywatch.decode.modbus.constants import EXCEPTIONS, FUNCTIONS, MAXIMUM_LENGTH, USER_DEFINED, WRITE_FUNCTIONS
 
 PROTOCOL = "modbus"
@@ -96,6 +97,10 @@ class ModbusSession(Session):
 
     def gap(self, direction: Direction, length: int) -> list[Event]:
         return self.streams.gap(direction)
+
+    def idle(self) -> bool:
+        streams = self.streams
+        return not (any(streams.buffers.values()) or any(streams.skipped.values()))
 
     def close(self) -> list[Event]:
         events = []
@@ -201,3 +206,19 @@ class ModbusDecoder(Decoder):
 
     def session(self) -> Session:
         return ModbusSession()
+
+    def segment_shapes(
+        self, buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, sides: np.ndarray
+    ) -> np.ndarray:
+        return vectorised.segment_shapes(buffer, starts, lengths, sides)
+
+    def decode_segments(
+        self,
+        buffer: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        sides: np.ndarray,
+        timestamps: np.ndarray,
+        sessions: list[Session],
+    ) -> list[tuple[np.ndarray, DatagramRows]]:
+        return vectorised.decode_segments(buffer, starts, sides, timestamps, sessions, MAX_PENDING)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 
-from quaywatch.decode.base import Decoder, Direction, Event, Session, anomaly
+from quaywatch.decode.base import DatagramRows, Decoder, Direction, Event, Session, anomaly
 from quaywatch.decode.framing import ResynchronisingStreams
-from quaywatch.decode.s7comm import parser
+from quaywatch.decode.s7comm import parser, vectorised
 from quaywatch.decode.s7comm.constants import COTP_TYPES
 
 PROTOCOL = "s7comm"
@@ -153,6 +154,11 @@ class S7Session(Session):
     def close(self) -> list[Event]:
         return self.streams.close({direction: len(parts) for direction, parts in self.fragments.items()})
 
+    def idle(self) -> bool:
+        streams = self.streams
+        partial = any(streams.buffers.values()) or any(streams.skipped.values()) or any(self.fragments.values())
+        return not (partial or any(self.more_follows.values()) or self.partial_szl)
+
     def _cotp(self, packet: bytes, direction: Direction) -> list[Event]:
         header_length = packet[0]
         if header_length < 1 or len(packet) < 1 + header_length:
@@ -283,3 +289,19 @@ class S7Decoder(Decoder):
 
     def session(self) -> Session:
         return S7Session()
+
+    def segment_shapes(
+        self, buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, sides: np.ndarray
+    ) -> np.ndarray:
+        return vectorised.segment_kinds(buffer, starts, lengths) != 0
+
+    def decode_segments(
+        self,
+        buffer: np.ndarray,
+        starts: np.ndarray,
+        lengths: np.ndarray,
+        sides: np.ndarray,
+        timestamps: np.ndarray,
+        sessions: list[Session],
+    ) -> list[tuple[np.ndarray, DatagramRows]]:
+        return vectorised.decode_segments(buffer, starts, lengths, ITEM)
