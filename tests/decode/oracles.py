@@ -167,6 +167,24 @@ class Agreement:
         return "\n".join(lines)
 
 
+def compare_by_packet(
+    fields: Sequence[str],
+    captures: Iterable[Path],
+    title: str,
+    analyse: Callable[[Path], tuple[list[Record], list[Record]]],
+    ours: Callable[[list[Record]], list[Row]],
+    theirs: Callable[[Path], list[Row]],
+) -> Agreement:
+    """Our rows against tshark's, aligned on packet number, over several captures; none may raise an anomaly."""
+    agreement = Agreement(fields)
+    for capture in captures:
+        rows, anomalies = analyse(capture)
+        assert not anomalies, anomalies
+        agreement.score(ours(rows), theirs(capture), key=lambda row: row["packet"])
+    print("\n" + agreement.report(title))
+    return agreement
+
+
 def tcp_streams(capture: Path, port: int) -> list[list[tuple[Direction, bytes, float]]]:
     """TCP payloads of each connection to ``port``, in capture order, read with dpkt (independent of our ingest).
 

@@ -117,7 +117,7 @@ def test_labels_cover_exactly_the_commented_packets(everything: Path) -> None:
         assert label["packets"] > 0, label["instance"]
         assert label["start"] <= label["end"]
         assert label["techniques"], label["instance"]
-        assert label["flows"] or label["packets"], label["instance"]
+        assert label["flows"], label["instance"]  # every scenario speaks IP: its flows are named by Community ID
 
 
 def test_durations_and_scenario_arguments_parse_or_say_why() -> None:
@@ -175,7 +175,9 @@ def test_request_response_pairing_and_latency_follow_the_device(clean: Path) -> 
             requests[key] = float(epoch)
         else:
             latencies.append(float(epoch) - requests.pop(key))
-    assert not requests or len(requests) <= len({stream for stream, _ in requests}), "unanswered requests"
+    # Only the last request of a stream may be unanswered: the capture ended before its response.
+    per_stream = collections.Counter(stream for stream, _ in requests)
+    assert max(per_stream.values(), default=0) <= 1, f"unanswered requests: {per_stream}"
     assert latencies and min(latencies) >= 0.003 and max(latencies) <= 0.012
 
 

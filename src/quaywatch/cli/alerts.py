@@ -23,7 +23,7 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
-from quaywatch.cli.options import database_option
+from quaywatch.cli.options import database_option, load_policy_or_exit
 from quaywatch.cli.text import terminal_safe
 from quaywatch.detect import attack
 from quaywatch.detect.alert import ALERTS_TABLE, SEVERITIES
@@ -127,16 +127,10 @@ def detect(
 ) -> None:
     """Run every detection over the database and replace their alerts."""
     from quaywatch.detect.registry import run_detections
-    from quaywatch.policy.load import load_policy
 
     policy = None
     if policy_file is not None:
-        policy, problems = load_policy(policy_file)
-        errors = [p for p in problems if p.severity == "error"]
-        for problem in errors:
-            click.echo(terminal_safe(str(problem)), err=True)
-        if errors:
-            _fail(f"{policy_file}: {len(errors)} problem(s); fix the policy first", EXIT_PROBLEM)
+        policy = load_policy_or_exit(policy_file, EXIT_PROBLEM)
     store = _open(database)
     try:
         options: dict[str, object] = {}

@@ -29,7 +29,7 @@ from quaywatch.cli.alerts import COMMANDS as ALERT_COMMANDS
 from quaywatch.cli.assets import assets, import_inventory
 from quaywatch.cli.intel import intel
 from quaywatch.cli.map import map_command
-from quaywatch.cli.options import database_option
+from quaywatch.cli.options import database_option, load_policy_or_exit
 from quaywatch.cli.policy import policy
 from quaywatch.cli.provenance import provenance
 from quaywatch.cli.report import report
@@ -114,16 +114,7 @@ def analyze(
     policy_file: Path | None,
 ) -> None:
     """Analyse capture files (pcap, pcapng, gzip) or folders of them into the database."""
-    loaded_policy = None
-    if policy_file is not None:
-        from quaywatch.policy.load import load_policy
-
-        loaded_policy, problems = load_policy(policy_file)
-        errors = [problem for problem in problems if problem.severity == "error"]
-        for problem in errors:
-            click.echo(f"error: {terminal_safe(str(problem))}", err=True)
-        if errors:
-            sys.exit(EXIT_USAGE)
+    loaded_policy = load_policy_or_exit(policy_file, EXIT_USAGE) if policy_file is not None else None
     available: dict[str, list[Any]] = {}  # a name can have several decoders (dns and dnp3 over TCP and UDP)
     for decoder in all_decoders():
         available.setdefault(decoder.name, []).append(decoder)

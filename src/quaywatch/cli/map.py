@@ -15,9 +15,8 @@ import duckdb
 
 from quaywatch.assets.inventory import build_inventory
 from quaywatch.assets.netmap import build_map, render_html, render_svg
-from quaywatch.cli.options import database_option
+from quaywatch.cli.options import database_option, load_policy_or_exit, require_database
 from quaywatch.cli.text import terminal_safe
-from quaywatch.policy.load import load_policy
 from quaywatch.policy.model import Policy
 from quaywatch.store.database import Store, StoreError
 
@@ -47,15 +46,8 @@ def map_command(database: Path, policy_file: Path | None, out: Path, file_format
     """Write the network map: zones, assets and the conduits observed between them, loading nothing from anywhere."""
     policy: Policy | None = None
     if policy_file is not None:
-        policy, problems = load_policy(policy_file)
-        errors = [problem for problem in problems if problem.severity == "error"]
-        for problem in errors:
-            click.echo(terminal_safe(str(problem)), err=True)
-        if errors:
-            sys.exit(EXIT_POLICY)
-    if not database.exists():
-        click.echo(f"error: {terminal_safe(str(database))}: no such database; run 'quaywatch analyze' first", err=True)
-        sys.exit(EXIT_STORE)
+        policy = load_policy_or_exit(policy_file, EXIT_POLICY)
+    require_database(database)
     try:
         store = Store(database)
         try:

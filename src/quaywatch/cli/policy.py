@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 import duckdb
 
-from quaywatch.cli.options import database_option
+from quaywatch.cli.options import database_option, load_policy_or_exit, require_database
 from quaywatch.cli.text import terminal_safe
 from quaywatch.policy.learn import learn_policy
 from quaywatch.policy.load import load_policy
@@ -101,15 +101,8 @@ def evaluate(database: Path, policy_file: Path, limit: int, as_json: bool) -> No
     from quaywatch.policy.evaluate import FLOW_POLICY_TABLE, evaluate_policy
     from quaywatch.store.database import Store, StoreError
 
-    loaded, problems = load_policy(policy_file)
-    errors = [problem for problem in problems if problem.severity == "error"]
-    for problem in errors:
-        click.echo(f"error: {terminal_safe(str(problem))}", err=True)
-    if errors:
-        sys.exit(EXIT_PROBLEMS)
-    if not database.exists():
-        click.echo(f"error: {terminal_safe(str(database))}: no such database; run 'quaywatch analyze' first", err=True)
-        sys.exit(EXIT_STORE)
+    loaded = load_policy_or_exit(policy_file, EXIT_PROBLEMS)
+    require_database(database)
     try:
         store = Store(database)
     except StoreError as error:

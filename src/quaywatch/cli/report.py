@@ -14,9 +14,8 @@ from pathlib import Path
 import click
 import duckdb
 
-from quaywatch.cli.options import database_option
+from quaywatch.cli.options import database_option, load_policy_or_exit, require_database
 from quaywatch.cli.text import terminal_safe
-from quaywatch.policy.load import load_policy
 from quaywatch.policy.model import Policy
 from quaywatch.report.collect import collect
 from quaywatch.report.render import render_csv, render_html, render_values_csv
@@ -57,16 +56,9 @@ def report(
     policy: Policy | None = None
     policy_sha256: str | None = None
     if policy_file is not None:
-        policy, problems = load_policy(policy_file)
-        errors = [problem for problem in problems if problem.severity == "error"]
-        for problem in errors:
-            click.echo(terminal_safe(str(problem)), err=True)
-        if errors:
-            sys.exit(EXIT_PROBLEM)
+        policy = load_policy_or_exit(policy_file, EXIT_PROBLEM)
         policy_sha256 = hashlib.sha256(policy_file.read_bytes()).hexdigest()
-    if not database.exists():
-        click.echo(f"error: {terminal_safe(str(database))}: no such database; run 'quaywatch analyze' first", err=True)
-        sys.exit(EXIT_STORE)
+    require_database(database)
     try:
         store = Store(database, read_only=True)
         try:

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
 
 MSS = 1448
 TO_SERVER = 0
@@ -244,18 +243,6 @@ def tcp_session(
         now += round_trip / 2
         emit(TO_SERVER, 0x10)
     return blocks, now
-
-
-@njit(cache=True)
-def gather(blob: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, order: np.ndarray, out: np.ndarray) -> int:
-    """Copy records into ``out`` in ``order``: the time-ordered merge of all sources."""
-    position = 0
-    for index in order:
-        start = offsets[index]
-        length = lengths[index]
-        out[position : position + length] = blob[start : start + length]
-        position += length
-    return position
 
 
 def tls_record(content_type: int, body: bytes, version: int = 0x0303) -> bytes:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.decode.oracles import RESEARCH, Agreement, Row, presence, tshark_values
+from tests.decode.oracles import RESEARCH, Agreement, Row, compare_by_packet, presence, tshark_values
 from tests.decode.profinet_dcp.common import Record, analyse, synthetic_frames
 from tests.factories import write_pcap
 
@@ -120,13 +120,7 @@ def our_rows(rows: list[Record]) -> list[Row]:
 
 
 def compare(tmp_path: Path, captures: list[Path], title: str) -> Agreement:
-    agreement = Agreement(FIELDS)
-    for capture in captures:
-        rows, anomalies = analyse(tmp_path, capture)
-        assert not anomalies, anomalies
-        agreement.score(our_rows(rows), tshark_rows(capture), key=lambda r: r["packet"])
-    print("\n" + agreement.report(title))
-    return agreement
+    return compare_by_packet(FIELDS, captures, title, lambda capture: analyse(tmp_path, capture), our_rows, tshark_rows)
 
 
 def test_real_captures_agree_with_tshark(tmp_path: Path) -> None:

@@ -57,11 +57,6 @@ def toward_address(context: SimulationContext, source: Device, address: str) -> 
     return near, Endpoint("", address, mac_bytes(router.mac), source.vlan, 64)
 
 
-def external_host(name: str, ip: str, domain: str = "") -> Device:
-    """An internet host that is not in the terminal model (the attacker's servers): seen through the firewall."""
-    return Device(name=name, zone="external", role="server", maker="", ip=ip, mac="", vlan=None, domain=domain)
-
-
 class PlannedScenario(Scenario):
     """A scenario whose frames are all planned up front; ``window`` hands out the part before its end."""
 

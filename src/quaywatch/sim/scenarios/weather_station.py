@@ -28,8 +28,8 @@ import numpy as np
 from quaywatch.sim.engine import SimulationContext
 from quaywatch.sim.frames import udp_datagram
 from quaywatch.sim.model import Device
-from quaywatch.sim.scenarios.toolkit import PlannedScenario, attack_data, external_host, session
-from quaywatch.sim.scenarios.wire import dns_name, http_ok, http_post, tls_data, tls_opening
+from quaywatch.sim.scenarios.toolkit import PlannedScenario, attack_data, session
+from quaywatch.sim.scenarios.wire import dns_name, external_host, http_ok, http_post, tls_data, tls_opening
 
 LABEL_LENGTH = 52  # characters of base32 per DNS label (at most 63, RFC 1035 section 2.3.4)
 
@@ -76,7 +76,7 @@ class WeatherStationMalware(PlannedScenario):
 
     def _tunnel(self) -> None:
         resolver_entry = self.implant["resolver"]
-        resolver = external_host(resolver_entry["name"], resolver_entry["ip"])
+        resolver = external_host(self.model, resolver_entry["name"], resolver_entry["ip"])
         via = self.parameters["resolver"]
         if via not in ("ot-dns", "external"):
             raise ValueError(f"{self.name}: resolver {via!r}: expected ot-dns or external")
@@ -147,7 +147,7 @@ class WeatherStationMalware(PlannedScenario):
 
     def _beacon(self) -> None:
         c2_entry = self.implant["c2"]
-        c2 = external_host(c2_entry["name"], c2_entry["ip"], c2_entry["domain"])
+        c2 = external_host(self.model, c2_entry["name"], c2_entry["ip"], c2_entry["domain"])
         protocol = self.parameters["beacon_protocol"]
         if protocol not in ("https", "http"):
             raise ValueError(f"{self.name}: beacon_protocol {protocol!r}: expected https or http")
