@@ -28,6 +28,9 @@ REPEATED = (
     "flows", "flow_policy", "dns", "tls", "tls_certificate", "http", "ssh", "remote_access", "cargo_content",
     "cleartext_credentials", "snmp", "dhcp", "arp", "modbus", "s7comm", "cip", "enip", "dnp3", "iec104", "opcua",
     "profinet_dcp", "bacnet", "bacnet_property", "bacnet_device_control", "telnet", "captures",
+    # The per-capture summaries analysis writes for D7 and D8 (src/quaywatch/detect/rollups.py); the times inside
+    # their evidence lists are not shifted (they only order each row's evidence).
+    "rollup_captures", "ics_command_events", "function_code_summary", "register_range_summary",
 )  # fmt: skip
 #: Columns that are no event time (certificate validity, import and analysis times): never shifted.
 UNSHIFTED = ("not_before", "not_after", "analysed_at", "imported_at")

@@ -25,6 +25,7 @@ from quaywatch import __version__
 from quaywatch.decode.base import ANOMALY_TABLE, Decoder
 from quaywatch.decode.dispatch import Dispatcher
 from quaywatch.decode.registry import all_decoders
+from quaywatch.detect.rollups import build_rollups
 from quaywatch.flows.records import FLOW_SCHEMA, TRANSPORT_NAMES, address_strings, flows_to_arrow, mac_strings
 from quaywatch.flows.tracker import FlowTracker, Timeouts
 from quaywatch.ingest import layers
@@ -159,6 +160,7 @@ class Analyzer:
             result.fault_offset = reader.fault.offset
             result.truncated_tail = reader.fault.truncated_tail
         result.status = "partial" if result.fault else "complete"
+        build_rollups(self.store, result.capture_id)  # the detections' per-capture summaries (detect/rollups.py)
         self.store.finish_capture(
             result.capture_id,
             {

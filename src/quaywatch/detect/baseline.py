@@ -241,20 +241,6 @@ def _observations(con: duckdb.DuckDBPyConnection) -> None:
                       ts, 'arp', capture_id, packet_number, flow_id, community_id
                FROM arp WHERE sender_ip IN (SELECT ip FROM d8_local) AND {_UNICAST_MAC.format(mac="sender_mac")}"""
         )
-    for table, (protocol, code, name, condition) in FUNCTION_SOURCES.items():
-        present = _table_columns(con, table)
-        if not {"client_ip", "server_ip", "ts", "direction"} <= present:
-            continue
-        try:
-            con.execute(f"SELECT {code}, {name} FROM {table} WHERE {condition} LIMIT 0")
-        except duckdb.Error:
-            continue  # an older table without these columns
-        parts.append(
-            f"""SELECT 'function_code', NULL, NULL, client_ip, server_ip, server_port, transport, '{protocol}',
-                       {code}, CAST({name} AS VARCHAR), ts, '{table}', capture_id, packet_number, flow_id,
-                       community_id
-                FROM {table} WHERE ({condition}) AND {code} IS NOT NULL"""
-        )
     # A typed empty first part: the table has its columns and types even when no source table exists.
     empty = (
         "SELECT NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::INTEGER, "
@@ -263,6 +249,114 @@ def _observations(con: duckdb.DuckDBPyConnection) -> None:
     )
     body = " UNION ALL ".join([empty, *parts])
     con.execute(f"CREATE OR REPLACE TEMP VIEW d8_observations AS SELECT * FROM ({body}) AS o({columns})")
+
+
+def function_code_sources(con: duckdb.DuckDBPyConnection, present: set[str]) -> list[str]:
+    """Per ICS decoder table present: its requests' function codes, as the columns protocol, client_ip,
+    server_ip, server_port, transport, code, code_name, ts, source, capture_id, packet_number, flow_id,
+    community_id (read by the baseline and summarised per capture by detect/rollups.py)."""
+    selects = []
+    for table, (protocol, code, name, condition) in FUNCTION_SOURCES.items():
+        if table not in present or not {"client_ip", "server_ip", "ts", "direction"} <= _table_columns(con, table):
+            continue
+        try:
+            con.execute(f"SELECT {code}, {name} FROM {table} WHERE {condition} LIMIT 0")
+        except duckdb.Error:
+            continue  # an older table without these columns
+        selects.append(
+            f"""SELECT '{protocol}' AS protocol, client_ip, server_ip, CAST(server_port AS INTEGER) AS server_port,
+                       transport, {code} AS code, CAST({name} AS VARCHAR) AS code_name, ts, '{table}' AS source,
+                       capture_id, packet_number, flow_id, community_id
+                FROM {table} WHERE ({condition}) AND {code} IS NOT NULL"""
+        )
+    return selects
+
+
+#: Summary rows (detect/rollups.py) of captures that have them, raw rows summarised the same way for the others;
+#: ``learned`` tells a summary of rows before the learning period's end from one of rows after it.
+_SUMMARISED = """
+SELECT {keys}, {extra} count, first_ts, last_ts, evidence, last_ts < $until AS learned
+FROM {summary} WHERE capture_id IN ({rolled})
+UNION ALL
+SELECT {keys}, {extra_raw} {aggregates}, learned FROM (
+    SELECT *, ts < $until AS learned FROM ({raw}) WHERE {raw_filter}
+) GROUP BY {keys}, learned
+"""
+
+
+def _summaries(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    summary: str,
+    raw: list[str],
+    keys: str,
+    until: dt.datetime,
+    named: bool = False,
+) -> None:
+    """Temporary table ``name``: the summary rows of ``summary`` for the captures that have one, and ``raw``
+    summarised the same way for the others (each row's learned flag says on which side of ``until`` it lies)."""
+    from quaywatch.detect import rollups
+
+    present = rollups.tables(con)
+    rolled = rollups.rolled_captures_sql(present, until) if summary in present else None
+    extra = "code_name, " if named else ""
+    extra_raw = "any_value(code_name) AS code_name, " if named else ""
+    parts = []
+    if rolled is not None:
+        head, tail = _SUMMARISED.split("UNION ALL")
+        parts.append(head.format(keys=keys, extra=extra, summary=summary, rolled=rolled))
+    filter_ = _raw_filter(con, present, rolled, until)
+    if raw and filter_ is not None:
+        tail = _SUMMARISED.split("UNION ALL")[1]
+        parts.append(tail.format(keys=keys, extra_raw=extra_raw, aggregates=rollups.SUMMARY_AGGREGATES,
+                                 raw=" UNION ALL ".join(raw), raw_filter=filter_))  # fmt: skip
+    if not parts:
+        parts.append(
+            f"SELECT {keys}, {extra} NULL::BIGINT AS count, NULL::TIMESTAMPTZ AS first_ts, "
+            "NULL::TIMESTAMPTZ AS last_ts, NULL AS evidence, NULL::BOOLEAN AS learned WHERE false"
+        )
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS " + " UNION ALL ".join(parts), {"until": until})
+
+
+#: Up to this many captures read raw are named as constants, which lets DuckDB skip the other row groups.
+_LISTED_CAPTURES = 64
+
+
+def _raw_filter(
+    con: duckdb.DuckDBPyConnection, present: set[str], rolled: str | None, until: dt.datetime
+) -> str | None:
+    """Which raw rows to summarise: all without summaries; else those of the captures without a current summary
+    or spanning ``until`` (named, when few: each capture's rows lie together, so the rest is never read); None
+    when there are none."""
+    from quaywatch.detect import rollups
+
+    if rolled is None:
+        return "true"
+    if not rollups.all_captures_rolled(con, present):
+        return f"capture_id NOT IN ({rolled})"
+    rows = con.execute(
+        f"SELECT capture_id FROM captures WHERE capture_id NOT IN ({rolled}) LIMIT {_LISTED_CAPTURES + 1}"
+    ).fetchall()
+    if not rows:
+        return None
+    if len(rows) > _LISTED_CAPTURES:
+        return f"capture_id NOT IN ({rolled})"
+    return "capture_id IN (" + ", ".join("'" + str(row[0]).replace("'", "''") + "'" for row in rows) + ")"
+
+
+_FUNCTION_KEYS = "protocol, client_ip, server_ip, server_port, transport, code"
+
+
+def _function_codes(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
+    """``d8_functions``: function-code summaries per capture (or per raw rows), see :func:`_summaries`."""
+    from quaywatch.detect import rollups
+
+    raw = function_code_sources(con, rollups.tables(con))
+    _summaries(con, "d8_functions", rollups.FUNCTION_SUMMARY, raw, _FUNCTION_KEYS, until, named=True)
+
+
+#: Summary evidence lists merged into the first EVIDENCE_PACKETS entries in time order.
+_MERGED_EVIDENCE = f"list_transform(list_sort(flatten(list({{column}})))[1:{EVIDENCE_PACKETS}], lambda entry: entry.e)"
 
 
 def _item_key_sql(kind: str) -> str:
@@ -278,7 +372,7 @@ def _items(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> tuple[list[dic
     """
     learned: list[dict[str, Any]] = []
     new: list[dict[str, Any]] = []
-    for kind in KINDS[:4]:
+    for kind in KINDS[:3]:
         fields = ", ".join(KEY_FIELDS[kind])
         extra = ", any_value(code_name) AS code_name" if kind == "function_code" else ""
         con.execute(
@@ -312,7 +406,43 @@ def _items(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> tuple[list[dic
         )
         names = [column[0] for column in cursor.description]
         new += [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    return learned, new
+    function_learned, function_new = _function_items(con)
+    return learned + function_learned, new + function_new
+
+
+def _function_items(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """:func:`_items` for function codes, from the summaries in ``d8_functions`` rather than from every request."""
+    kind = "function_code"
+    fields = ", ".join(KEY_FIELDS[kind])
+    con.execute(
+        f"""CREATE OR REPLACE TEMP TABLE d8_grouped AS
+            SELECT {fields}, CAST(coalesce(sum(count) FILTER (WHERE learned), 0) AS BIGINT) AS learned_count,
+                   min(first_ts) FILTER (WHERE learned) AS learned_first,
+                   max(last_ts) FILTER (WHERE learned) AS learned_last,
+                   CAST(sum(count) AS BIGINT) AS count, min(first_ts) AS first_seen, max(last_ts) AS last_seen,
+                   any_value(code_name) AS code_name
+            FROM d8_functions GROUP BY {fields}"""
+    )
+    cursor = con.execute(
+        f"""SELECT '{kind}' AS kind, {fields}, {_item_key_sql(kind)} AS item_key, learned_first AS first_seen,
+                   learned_last AS last_seen, learned_count AS count, code_name
+            FROM d8_grouped WHERE learned_count > 0"""
+    )
+    names = [column[0] for column in cursor.description]
+    learned = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    join = " AND ".join(f"f.{name} IS NOT DISTINCT FROM g.{name}" for name in KEY_FIELDS[kind])
+    cursor = con.execute(
+        f"""SELECT '{kind}' AS kind, {", ".join(f"g.{name}" for name in KEY_FIELDS[kind])},
+                   any_value(g.count) AS count, any_value(g.first_seen) AS first_seen,
+                   any_value(g.last_seen) AS last_seen, any_value(g.code_name) AS code_name,
+                   {_MERGED_EVIDENCE.format(column="f.evidence")} AS evidence,
+                   list(DISTINCT f.server_port) FILTER (WHERE f.server_port IS NOT NULL) AS ports,
+                   list(DISTINCT f.transport) FILTER (WHERE f.transport IS NOT NULL) AS transports
+            FROM (SELECT * FROM d8_grouped WHERE learned_count = 0) g JOIN d8_functions f ON {join}
+            GROUP BY {", ".join(f"g.{name}" for name in KEY_FIELDS[kind])}"""
+    )
+    names = [column[0] for column in cursor.description]
+    return learned, [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 # -- register ranges ------------------------------------------------------------------------------------------
@@ -335,46 +465,48 @@ def _covered(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
     return position >= 0 and ranges[position][0] <= start and end <= ranges[position][1]
 
 
-def _register_requests(con: duckdb.DuckDBPyConnection) -> None:
-    """Every Modbus request's address interval, per client, server, unit and data table (``d8_registers``)."""
-    present = _table_columns(con, "modbus")
+def register_sources(con: duckdb.DuckDBPyConnection, present: set[str]) -> str | None:
+    """Every Modbus request's address interval as the columns client_ip, server_ip, unit_id, address_space,
+    range_start, range_end, ts, source, capture_id, packet_number, flow_id, community_id; None without the table."""
+    columns = _table_columns(con, "modbus") if "modbus" in present else set()
     spaces = address_spaces()
-    if not {"function_code", "address", "quantity", "unit_id", "ts"} <= present:
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE d8_registers AS SELECT NULL::VARCHAR AS client_ip, "
-            "NULL::VARCHAR AS server_ip, NULL::INTEGER AS unit_id, NULL::VARCHAR AS address_space, "
-            "NULL::INTEGER AS range_start, NULL::INTEGER AS range_end, NULL::TIMESTAMPTZ AS ts, "
-            "NULL::VARCHAR AS source, NULL::VARCHAR AS capture_id, NULL::BIGINT AS packet_number, "
-            "NULL::VARCHAR AS flow_id, NULL::VARCHAR AS community_id WHERE false"
-        )
-        return
+    if not {"function_code", "address", "quantity", "unit_id", "ts"} <= columns:
+        return None
     cases = " ".join(f"WHEN {int(code)} THEN '{space}'" for code, space in spaces.items() if space.isidentifier())
     read_part = (
-        """UNION ALL SELECT client_ip, server_ip, unit_id, 'holding_registers', read_address,
-                  read_address + greatest(coalesce(read_quantity, 1), 1) - 1, ts, 'modbus', capture_id, packet_number,
-                  flow_id, community_id
+        """UNION ALL SELECT client_ip, server_ip, CAST(unit_id AS INTEGER), 'holding_registers',
+                  CAST(read_address AS INTEGER),
+                  CAST(read_address + greatest(coalesce(read_quantity, 1), 1) - 1 AS INTEGER), ts, 'modbus',
+                  capture_id, packet_number, flow_id, community_id
            FROM modbus WHERE event_type = 'request' AND function_code = 23 AND read_address IS NOT NULL"""
-        if {"read_address", "read_quantity"} <= present
+        if {"read_address", "read_quantity"} <= columns
         else ""
     )
-    con.execute(
-        f"""CREATE OR REPLACE TEMP TABLE d8_registers AS
-            SELECT client_ip, server_ip, CAST(unit_id AS INTEGER) AS unit_id,
-                   CASE function_code {cases} END AS address_space, CAST(address AS INTEGER) AS range_start,
-                   CAST(address + greatest(coalesce(quantity, 1), 1) - 1 AS INTEGER) AS range_end, ts,
-                   'modbus' AS source, capture_id,
-                   packet_number, flow_id, community_id
-            FROM modbus
-            WHERE event_type = 'request' AND address IS NOT NULL AND function_code IN ({", ".join(map(str, spaces))})
-            {read_part}"""
-    )
+    return f"""SELECT client_ip, server_ip, CAST(unit_id AS INTEGER) AS unit_id,
+                      CASE function_code {cases} END AS address_space, CAST(address AS INTEGER) AS range_start,
+                      CAST(address + greatest(coalesce(quantity, 1), 1) - 1 AS INTEGER) AS range_end, ts,
+                      'modbus' AS source, capture_id, packet_number, flow_id, community_id
+               FROM modbus
+               WHERE event_type = 'request' AND address IS NOT NULL
+                     AND function_code IN ({", ".join(map(str, spaces))})
+               {read_part}"""
+
+
+_RANGE_COLUMNS = "client_ip, server_ip, unit_id, address_space, range_start, range_end"
+
+
+def _register_requests(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
+    """``d8_registers``: Modbus address-interval summaries per capture (or per raw rows), see :func:`_summaries`."""
+    from quaywatch.detect import rollups
+
+    raw = register_sources(con, rollups.tables(con))
+    _summaries(con, "d8_registers", rollups.RANGE_SUMMARY, [raw] if raw else [], _RANGE_COLUMNS, until)
 
 
 def _learned_ranges(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> dict[tuple[Any, ...], list[tuple[int, int]]]:
     rows = con.execute(
         """SELECT client_ip, server_ip, unit_id, address_space, range_start, range_end FROM d8_registers
-           WHERE ts < ? GROUP BY ALL""",
-        [until],
+           WHERE learned GROUP BY ALL"""
     ).fetchall()
     gathered: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
     for client, server, unit, space, start, end in rows:
@@ -386,9 +518,9 @@ def _learned_range_stats(
     con: duckdb.DuckDBPyConnection, until: dt.datetime
 ) -> dict[tuple[Any, ...], tuple[Any, Any, int]]:
     rows = con.execute(
-        """SELECT client_ip, server_ip, unit_id, address_space, min(ts), max(ts), count(*) FROM d8_registers
-           WHERE ts < ? GROUP BY ALL""",
-        [until],
+        """SELECT client_ip, server_ip, unit_id, address_space, min(first_ts), max(last_ts),
+                  CAST(sum(count) AS BIGINT)
+           FROM d8_registers WHERE learned GROUP BY ALL"""
     ).fetchall()
     return {(row[0], row[1], row[2], row[3]): (row[4], row[5], int(row[6])) for row in rows}
 
@@ -411,10 +543,9 @@ def _range_evidence(
         on = " AND ".join(f"r.{name} IS NOT DISTINCT FROM w.{name}" for name in _RANGE_KEY)
         found = con.execute(
             f"""SELECT {", ".join(f"r.{name}" for name in _RANGE_KEY)},
-                       list({_EVIDENCE} ORDER BY ts, capture_id, packet_number)[1:{EVIDENCE_PACKETS}] AS evidence
+                       {_MERGED_EVIDENCE.format(column="r.evidence")} AS evidence
                 FROM d8_registers AS r SEMI JOIN d8_wanted_ranges AS w ON {on}
-                WHERE r.ts >= ? GROUP BY ALL""",
-            [until],
+                WHERE NOT r.learned GROUP BY ALL"""
         ).fetchall()
     finally:
         con.unregister("d8_wanted_ranges")
@@ -427,10 +558,9 @@ def _new_ranges(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> list[dict
     # Coverage first, evidence after: on a long capture nearly every request repeats a learned range, and gathering
     # each group's evidence list before knowing would cost most of the detection's time.
     cursor = con.execute(
-        """SELECT client_ip, server_ip, unit_id, address_space, range_start, range_end, min(ts) AS first_seen,
-                  max(ts) AS last_seen, count(*) AS count
-           FROM d8_registers WHERE ts >= ? GROUP BY ALL ORDER BY first_seen""",
-        [until],
+        """SELECT client_ip, server_ip, unit_id, address_space, range_start, range_end,
+                  min(first_ts) AS first_seen, max(last_ts) AS last_seen, CAST(sum(count) AS BIGINT) AS count
+           FROM d8_registers WHERE NOT learned GROUP BY ALL ORDER BY first_seen"""
     )
     names = [column[0] for column in cursor.description]
     uncovered = []
@@ -494,13 +624,11 @@ def learned_operations(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> di
 
 
 def _learned_operations(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> dict[str, Any]:
-    _observations(con)
-    _register_requests(con)
+    _function_codes(con, until)
+    _register_requests(con, until)
     functions: dict[tuple[str, str, str], set[str]] = {}
     rows = con.execute(
-        "SELECT DISTINCT protocol, client_ip, server_ip, code FROM d8_observations WHERE kind = 'function_code' "
-        "AND ts < ?",
-        [until],
+        "SELECT DISTINCT protocol, client_ip, server_ip, code FROM d8_functions WHERE learned"
     ).fetchall()
     for protocol, client, server, code in rows:
         functions.setdefault((str(protocol), str(client), str(server)), set()).add(str(code))
@@ -627,7 +755,7 @@ def _fold(items: list[_NewItem]) -> list[_NewItem]:
 def _drop_temporary(con: duckdb.DuckDBPyConnection) -> None:
     """The working relations live in the caller's connection: free them once the answer is built."""
     con.execute("DROP VIEW IF EXISTS d8_observations")
-    for name in ("d8_grouped", "d8_registers", "d8_local"):
+    for name in ("d8_grouped", "d8_registers", "d8_functions", "d8_local"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
@@ -645,7 +773,8 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
 
 def _detect(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> list[Alert]:
     _observations(con)
-    _register_requests(con)
+    _function_codes(con, until)
+    _register_requests(con, until)
     learned, new = _items(con, until)
     stats = _learned_range_stats(con, until)
     for key, ranges in _learned_ranges(con, until).items():

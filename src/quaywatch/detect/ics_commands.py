@@ -17,12 +17,15 @@ since "who may write" cannot be guessed.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from quaywatch.detect import baseline
+import pyarrow as pa
+
+from quaywatch.detect import baseline, rollups
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 from quaywatch.policy.load import DNP3_OPERATIONS, ENIP_OPERATIONS, MODBUS_OPERATIONS, S7_OPERATIONS
 from quaywatch.policy.model import HostMatch, Policy, Setpoint
@@ -197,6 +200,7 @@ def action_of(protocol: str, code: int | None, detail: str | None = None, name: 
     return "control"
 
 
+@functools.lru_cache(maxsize=65536)
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
         return ipaddress.ip_address(text)
@@ -215,10 +219,32 @@ def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
 
 
+#: The columns of every SOURCES query, in order (``rollups.COMMAND_EVENTS`` holds the same).
+COMMAND_COLUMNS = ("protocol", "capture_id", "flow_id", "community_id", "ts", "packet_number", "client", "server",
+                   "code", "code_name", "baseline_code", "unit_id", "address", "written", "detail")  # fmt: skip
+
+
+def command_sources(present: set[str]) -> list[str]:
+    """The SOURCES queries of the decoder tables present, each with COMMAND_COLUMNS as its column names."""
+    names = ", ".join(COMMAND_COLUMNS)
+    return [f"SELECT * FROM ({sql}) AS s({names})" for table, (_, sql) in SOURCES.items() if table in present]
+
+
 def commands(con: duckdb.DuckDBPyConnection) -> list[Command]:
-    """Every state-changing ICS request in the store, oldest first."""
+    """Every state-changing ICS request in the store, oldest first.
+
+    Captures summarised at analysis are read from ``ics_command_events`` (a few rows), the others from the decoder
+    tables (every poll of every PLC); when every capture has its summary the decoder tables are not read at all.
+    """
     present = _tables(con)
-    selects = [sql for table, (_, sql) in SOURCES.items() if table in present]
+    selects = command_sources(present)
+    rolled = rollups.rolled_captures_sql(present)
+    if rolled is not None and rollups.COMMAND_EVENTS in present:
+        raw = [] if rollups.all_captures_rolled(con, present) else [
+            f"SELECT * FROM ({select}) WHERE capture_id NOT IN ({rolled})" for select in selects
+        ]  # fmt: skip
+        selects = [f"SELECT {', '.join(COMMAND_COLUMNS)} FROM {rollups.COMMAND_EVENTS} "
+                   f"WHERE capture_id IN ({rolled})", *raw]  # fmt: skip
     if not selects:
         return []
     rows = con.execute(" UNION ALL ".join(selects) + " ORDER BY ts, packet_number").fetchall()
@@ -259,7 +285,7 @@ def setpoint_violations(command: Command, setpoints: Iterable[Setpoint]) -> list
 class _PolicyJudge:
     """Whether the policy authorises a command: an engineering host for the target, or the conduit's allow."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, policy: Policy, present: set[str]) -> None:
+    def __init__(self, con: duckdb.DuckDBPyConnection, policy: Policy, present: set[str], found: list[Command]) -> None:
         self.policy = policy
         self.zones: dict[str, str] = {}
         if "host_context" in present or "host_zones" in present:
@@ -267,10 +293,22 @@ class _PolicyJudge:
             for ip, zone in con.execute(f"SELECT ip, zone FROM {table} WHERE zone IS NOT NULL").fetchall():
                 self.zones[str(ip)] = str(zone)
         self.conduits: dict[tuple[str, str], str] = {}
-        if "flow_policy" in present:
-            for capture_id, flow_id, conduit in con.execute(
-                "SELECT capture_id, flow_id, conduit FROM flow_policy WHERE verdict = 'allowed' AND conduit IS NOT NULL"
-            ).fetchall():
+        if "flow_policy" in present:  # the conduits of the commands' flows only, not of every allowed flow
+            flows = pa.table(
+                {
+                    "capture_id": pa.array([command.capture_id for command in found], pa.string()),
+                    "flow_id": pa.array([command.flow_id for command in found], pa.string()),
+                }
+            )
+            con.register("d7_command_flows", flows)
+            try:
+                rows = con.execute(
+                    "SELECT capture_id, flow_id, conduit FROM flow_policy SEMI JOIN d7_command_flows "
+                    "USING (capture_id, flow_id) WHERE verdict = 'allowed' AND conduit IS NOT NULL"
+                ).fetchall()
+            finally:
+                con.unregister("d7_command_flows")
+            for capture_id, flow_id, conduit in rows:
                 self.conduits[(str(capture_id), str(flow_id))] = str(conduit)
         self.by_name = {conduit.name: conduit for conduit in policy.conduits}
 
@@ -320,9 +358,16 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     policy = context.policy
     groups: dict[tuple[str, str, str, str], _Group] = {}
     if policy is not None:
-        judge = _PolicyJudge(con, policy, present)
+        judge = _PolicyJudge(con, policy, present, found)
+        verdicts: dict[tuple[Any, ...], tuple[bool, str]] = {}  # thousands of commands, a few distinct ones
         for command in found:
-            allowed, reason = judge.authorised(command)
+            conduit = judge.conduits.get((command.capture_id, str(command.flow_id)))
+            same = (command.client, command.server, command.protocol, command.code, command.code_name,
+                    command.detail, conduit)  # fmt: skip
+            verdict = verdicts.get(same)
+            if verdict is None:
+                verdict = verdicts[same] = judge.authorised(command)
+            allowed, reason = verdict
             violations = setpoint_violations(command, policy.setpoints)
             if allowed and not violations:
                 continue

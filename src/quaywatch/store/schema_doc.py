@@ -108,6 +108,16 @@ def render() -> str:
     lines += _table(
         BASELINE_TABLE, BASELINE_SCHEMA, "What the learning period saw, rewritten by each D8 run (docs/detections.md)."
     )
+    from quaywatch.detect import rollups
+
+    intros = {
+        rollups.ROLLUP_CAPTURES: "The captures whose detection summaries below were written, and by which version.",
+        rollups.COMMAND_EVENTS: "Every state-changing ICS request of a capture (D7), written at analysis.",
+        rollups.FUNCTION_SUMMARY: "ICS function codes per capture, client, server and port (D8), written at analysis.",
+        rollups.RANGE_SUMMARY: "Modbus address intervals per capture, client, server and unit (D8), at analysis.",
+    }
+    for name, schema in rollups.SCHEMAS.items():
+        lines += _table(name, schema, intros[name] + " See src/quaywatch/detect/rollups.py.")
     from quaywatch.intel.indicators import INDICATORS_SCHEMA, INDICATORS_TABLE
 
     lines += _table(
