@@ -35,23 +35,33 @@ SEVERITY_STEPS = ("low", "medium", "high", "critical")
 ENRICHERS: list[Callable[[str], dict[str, str]]] = []
 
 # The unapproved flows with an OT end, each with its alert's group: internet peers one by one; inside the site one
-# alert per client and server zone, so a sweep is one alert. Grouping happens in DuckDB (a site has hundreds of
-# thousands of such flows, and Python would build a record for each); only the first EVIDENCE_FLOWS rows of each
-# group reach Python.
+# alert per client and server zone, so a sweep is one alert. Grouping happens in DuckDB in one pass (a site has
+# hundreds of thousands of such flows, and Python would build a record for each); each group brings along its first
+# EVIDENCE_FLOWS flows by server and time (a top-N aggregate, no sort of all rows). ``flow_policy`` carries the
+# flows' times, ports and Community IDs; a store evaluated before it did is joined back to ``flows``.
 _MATCHED = """
-CREATE OR REPLACE TEMP TABLE unapproved_matched AS
 SELECT p.verdict, p.client_ip, p.server_ip, p.client_zone, p.server_zone, p.protocol, p.conduit, p.reason,
-       f.flow_id, f.community_id, f.capture_id, f.first_packet AS packet, f.ts, f.last_ts, f.server_port,
+       p.flow_id, p.community_id, p.capture_id, p.first_packet AS packet, p.ts, p.last_ts, p.server_port,
        coalesce(c.ot, false) AS client_ot, coalesce(s.ot, false) AS server_ot, c.role AS client_role,
        s.role AS server_role, c.asset_id AS client_asset, s.asset_id AS server_asset,
        CASE WHEN p.verdict = 'external_unapproved' THEN p.server_ip ELSE 'zone:' || p.server_zone END AS target
-FROM flow_policy AS p
-JOIN flows AS f USING (capture_id, flow_id)
+FROM {source} AS p
 LEFT JOIN host_context AS c ON c.ip = p.client_ip
 LEFT JOIN host_context AS s ON s.ip = p.server_ip
 WHERE p.verdict IN ('external_unapproved', 'violation') AND (coalesce(c.ot, false) OR coalesce(s.ot, false))
 """
-_GROUPS = """
+_JOINED = """(
+    SELECT p.*{exclude}, f.community_id, f.first_packet, f.ts, f.last_ts, f.server_port
+    FROM flow_policy AS p JOIN flows AS f USING (capture_id, flow_id)
+    WHERE p.verdict IN ('external_unapproved', 'violation')
+)"""
+_FLOW_COLUMNS = ("community_id", "first_packet", "ts", "last_ts", "server_port")
+_ROW = ", ".join(
+    f"{name} := {name}"
+    for name in ("client_ip", "server_ip", "client_zone", "server_zone", "client_ot", "server_ot", "client_role",
+                 "server_role", "client_asset", "server_asset", "flow_id", "capture_id", "packet")
+)  # fmt: skip
+_GROUPS = f"""
 SELECT client_ip, target, count(*) AS n, min(ts) AS first_seen, max(last_ts) AS last_seen,
        bool_or(verdict = 'external_unapproved') AS external,
        list(DISTINCT coalesce(protocol, 'None')) AS protocols, list(DISTINCT server_port) AS ports,
@@ -60,15 +70,9 @@ SELECT client_ip, target, count(*) AS n, min(ts) AS first_seen, max(last_ts) AS 
        list(DISTINCT community_id) FILTER (WHERE community_id <> '') AS community_ids,
        list(DISTINCT client_role) FILTER (WHERE client_ot) AS client_roles,
        list(DISTINCT server_role) FILTER (WHERE server_ot) AS server_roles,
-       (list(server_ip ORDER BY server_ip, ts) FILTER (WHERE server_ot))[1:50] AS ot_servers
-FROM unapproved_matched GROUP BY client_ip, target
-"""
-_ROWS = """
-SELECT * EXCLUDE (position) FROM (
-    SELECT *, row_number() OVER (PARTITION BY client_ip, target ORDER BY server_ip, ts) AS position
-    FROM unapproved_matched
-) WHERE position <= ?
-ORDER BY client_ip, server_ip, ts
+       list_sort(list(DISTINCT server_ip) FILTER (WHERE server_ot))[1:50] AS ot_servers,
+       min_by(struct_pack({_ROW}), struct_pack(server_ip, ts), {EVIDENCE_FLOWS}) AS evidence_rows
+FROM ({{matched}}) GROUP BY client_ip, target ORDER BY client_ip, target
 """
 
 
@@ -82,18 +86,17 @@ def enrich(ip: str) -> dict[str, str]:
 
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
     """One alert per (client, internet peer) or (client, server zone) of unapproved flows with an OT end."""
-    con.execute(_MATCHED)  # once, for the aggregates and the evidence rows
-    cursor = con.execute(_GROUPS)
+    columns = {row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE flow_policy)").fetchall()}
+    present = [name for name in _FLOW_COLUMNS if name in columns]
+    joined = _JOINED.format(exclude=f" EXCLUDE ({', '.join(present)})" if present else "")
+    source = "flow_policy" if set(_FLOW_COLUMNS) <= columns else joined
+    cursor = con.execute(_GROUPS.format(matched=_MATCHED.format(source=source)))
     names = [column[0] for column in cursor.description]
-    groups = {(row[0], row[1]): dict(zip(names, row, strict=True)) for row in cursor.fetchall()}
-    cursor = con.execute(_ROWS, [EVIDENCE_FLOWS])
-    names = [column[0] for column in cursor.description]
-    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in cursor.fetchall():
-        record = dict(zip(names, row, strict=True))
-        rows.setdefault((record["client_ip"], record["target"]), []).append(record)
-    con.execute("DROP TABLE IF EXISTS temp.unapproved_matched")
-    return [_alert(found, groups[key]) for key, found in rows.items()]
+    alerts = []
+    for values in cursor.fetchall():
+        group = dict(zip(names, values, strict=True))
+        alerts.append(_alert(list(group.pop("evidence_rows")), group))
+    return alerts
 
 
 def _alert(rows: list[dict[str, Any]], group: dict[str, Any]) -> Alert:

@@ -71,6 +71,13 @@ FLOW_POLICY_SCHEMA = pa.schema(
             False,
         ),
         _doc("reason", pa.string(), "why, in one sentence naming the conduit or why none matched", False),
+        # The flow's own columns that detections group and show, so that they need no join back to flows.
+        _doc("transport", pa.string(), "flows.transport"),
+        _doc("server_port", pa.int32(), "flows.server_port"),
+        _doc("ts", pa.timestamp("us", tz="UTC"), "flows.ts (first packet)"),
+        _doc("last_ts", pa.timestamp("us", tz="UTC"), "flows.last_ts"),
+        _doc("community_id", pa.string(), "flows.community_id"),
+        _doc("first_packet", pa.int64(), "flows.first_packet"),
     ]
 )
 
@@ -338,6 +345,7 @@ def _register_names(store: Store, tables: set[str]) -> None:
 _VERDICT_SQL = """
 WITH fp AS (
     SELECT f.capture_id, f.flow_id, f.client_ip, f.server_ip, f.transport, f.server_port, f.application,
+        f.ts, f.last_ts, f.community_id, f.first_packet,
         f.payload_bytes_to_server AS up, f.payload_bytes_to_client AS down,
         c.zone AS client_zone, s.zone AS server_zone,
         coalesce(f.application, f.transport || '/' || f.server_port) AS protocol
@@ -407,6 +415,7 @@ names AS (
     SELECT capture_id, flow_id, min(name) AS name FROM _flow_names GROUP BY ALL
 )
 SELECT fp.capture_id, fp.flow_id, fp.client_ip, fp.server_ip, fp.client_zone, fp.server_zone, fp.protocol,
+    fp.transport, fp.server_port, fp.ts, fp.last_ts, fp.community_id, fp.first_packet,
     CASE
         WHEN fp.client_zone = 'external' AND fp.server_zone = 'external' THEN NULL
         WHEN fp.server_zone = 'external' THEN d.name
