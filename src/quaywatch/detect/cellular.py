@@ -240,17 +240,21 @@ def _uplinks(con: duckdb.DuckDBPyConnection, devices: Devices, gateway: str | No
     # Only flows to internet addresses matter: the few distinct servers are judged in Python, the rows filtered in SQL.
     servers = con.execute("SELECT DISTINCT server_ip FROM flows WHERE server_mac IS NOT NULL").fetchall()
     internet = [ip for (ip,) in servers if _global(ip)]
+    # One row per device path (gateway MAC, client, server, reply TTL) with its first flows, not one per flow.
     rows = con.execute(
         """
-        SELECT lower(server_mac), lower(client_mac), client_ip, server_ip, server_ttl, ts, flow_id, community_id,
-               capture_id, first_packet
+        SELECT lower(server_mac) AS mac, lower(client_mac), client_ip, server_ip, server_ttl, min(ts), max(ts),
+               min_by(struct_pack(ts := ts, flow_id := flow_id, capture_id := capture_id, packet := first_packet),
+                      struct_pack(ts, flow_id), 100),
+               list_sort(list(DISTINCT community_id) FILTER (WHERE community_id <> ''))[1:100]
         FROM flows WHERE server_mac IS NOT NULL AND lower(server_mac) <> ? AND server_ip IN (SELECT unnest(?))
-        ORDER BY ts
+        GROUP BY ALL ORDER BY min(ts), mac, client_ip, server_ip
         """,
         [gateway, internet],
     ).fetchall()
     usual = sorted(ttls)
-    for mac, client_mac, client_ip, server_ip, ttl, ts, flow_id, community_id, capture_id, packet in rows:
+    flows: dict[int, list[dict[str, Any]]] = {}
+    for mac, client_mac, client_ip, server_ip, ttl, first, last, first_flows, community_ids in rows:
         if not _global(server_ip):
             continue
         own = mac == client_mac
@@ -266,12 +270,15 @@ def _uplinks(con: duckdb.DuckDBPyConnection, devices: Devices, gateway: str | No
             device.add("reply_ttl", 1.0, f"replies arrive with TTL {ttl}; through the site gateway they have "
                        f"{', '.join(map(str, usual[:5]))}: another path")  # fmt: skip
             device.note("reply_ttl", ttl)
-        device.signal_times.append(ts)
-        if len(device.flow_ids) < 100:
-            device.flow_ids.append(flow_id)
-            device.events.append(EventReference("flows", capture_id, int(packet), flow_id))
-        if community_id:
-            device.community_ids.add(community_id)
+        device.signal_times += [first, last]
+        flows.setdefault(id(device), []).extend(first_flows)
+        device.community_ids.update(community_ids or [])
+    for device in devices.devices.values():  # each device's first 100 flows in time order, over all its paths
+        for flow in sorted(flows.get(id(device), []), key=lambda entry: (entry["ts"], entry["flow_id"])):
+            if len(device.flow_ids) >= 100:
+                break
+            device.flow_ids.append(flow["flow_id"])
+            device.events.append(EventReference("flows", flow["capture_id"], int(flow["packet"]), flow["flow_id"]))
 
 
 def _dhcp(con: duckdb.DuckDBPyConnection, devices: Devices, gateway_ips: set[str]) -> None:
