@@ -275,10 +275,11 @@ def function_code_sources(con: duckdb.DuckDBPyConnection, present: set[str]) -> 
 #: Summary rows (detect/rollups.py) of captures that have them, raw rows summarised the same way for the others;
 #: ``learned`` tells a summary of rows before the learning period's end from one of rows after it.
 _SUMMARISED = """
-SELECT {keys}, {extra} count, first_ts, last_ts, evidence, last_ts < $until AS learned
+SELECT {keys}, {extra} count, first_ts, last_ts, NULL AS evidence, rowid AS summary_row,
+       last_ts < $until AS learned
 FROM {summary} WHERE capture_id IN ({rolled})
 UNION ALL
-SELECT {keys}, {extra_raw} {aggregates}, learned FROM (
+SELECT {keys}, {extra_raw} {aggregates}, NULL::BIGINT AS summary_row, learned FROM (
     SELECT *, ts < $until AS learned FROM ({raw}) WHERE {raw_filter}
 ) GROUP BY {keys}, learned
 """
@@ -313,7 +314,8 @@ def _summaries(
     if not parts:
         parts.append(
             f"SELECT {keys}, {extra} NULL::BIGINT AS count, NULL::TIMESTAMPTZ AS first_ts, "
-            "NULL::TIMESTAMPTZ AS last_ts, NULL AS evidence, NULL::BOOLEAN AS learned WHERE false"
+            "NULL::TIMESTAMPTZ AS last_ts, NULL AS evidence, NULL::BIGINT AS summary_row, NULL::BOOLEAN AS learned "
+            "WHERE false"
         )
     con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS " + " UNION ALL ".join(parts), {"until": until})
 
@@ -355,8 +357,36 @@ def _function_codes(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
     _summaries(con, "d8_functions", rollups.FUNCTION_SUMMARY, raw, _FUNCTION_KEYS, until, named=True)
 
 
-#: Summary evidence lists merged into the first EVIDENCE_PACKETS entries in time order.
-_MERGED_EVIDENCE = f"list_transform(list_sort(flatten(list({{column}})))[1:{EVIDENCE_PACKETS}], lambda entry: entry.e)"
+#: A group's evidence: the lists of its raw summaries and the summary rows whose lists are read afterwards.
+_EVIDENCE_PARTS = (
+    "list({alias}.evidence) FILTER (WHERE {alias}.evidence IS NOT NULL) AS raw_evidence, "
+    "list({alias}.summary_row) FILTER (WHERE {alias}.summary_row IS NOT NULL) AS summary_rows"
+)
+
+
+def _merge_evidence(con: duckdb.DuckDBPyConnection, summary: str, groups: list[dict[str, Any]]) -> None:
+    """Each group's first EVIDENCE_PACKETS entries in time order, from its raw lists and its summary rows.
+
+    Summary evidence is read only for these groups (the new items, few), by row id: carrying every summary's list
+    through the grouping would cost more than all the rest of D8.
+    """
+    wanted = sorted({int(row) for group in groups for row in group["summary_rows"] or []})
+    stored: dict[int, list[dict[str, Any]]] = {}
+    for start in range(0, len(wanted), 1000):
+        chunk = ", ".join(map(str, wanted[start : start + 1000]))
+        for row, evidence in con.execute(f"SELECT rowid, evidence FROM {summary} WHERE rowid IN ({chunk})").fetchall():
+            stored[int(row)] = list(evidence or [])
+    for group in groups:
+        entries = [entry for part in group.pop("raw_evidence") or [] for entry in part or []]
+        entries += [entry for row in group.pop("summary_rows") or [] for entry in stored.get(int(row), [])]
+        entries.sort(key=_summary_order)
+        group["evidence"] = [entry["e"] for entry in entries[:EVIDENCE_PACKETS]]
+
+
+def _summary_order(entry: dict[str, Any]) -> tuple[Any, ...]:
+    order = entry["o"]
+    packet = order["packet_number"]
+    return (order["ts"], str(order["capture_id"]), packet is None, packet or 0)
 
 
 def _item_key_sql(kind: str) -> str:
@@ -435,14 +465,18 @@ def _function_items(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]
         f"""SELECT '{kind}' AS kind, {", ".join(f"g.{name}" for name in KEY_FIELDS[kind])},
                    any_value(g.count) AS count, any_value(g.first_seen) AS first_seen,
                    any_value(g.last_seen) AS last_seen, any_value(g.code_name) AS code_name,
-                   {_MERGED_EVIDENCE.format(column="f.evidence")} AS evidence,
+                   {_EVIDENCE_PARTS.format(alias="f")},
                    list(DISTINCT f.server_port) FILTER (WHERE f.server_port IS NOT NULL) AS ports,
                    list(DISTINCT f.transport) FILTER (WHERE f.transport IS NOT NULL) AS transports
             FROM (SELECT * FROM d8_grouped WHERE learned_count = 0) g JOIN d8_functions f ON {join}
             GROUP BY {", ".join(f"g.{name}" for name in KEY_FIELDS[kind])}"""
     )
     names = [column[0] for column in cursor.description]
-    return learned, [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    new = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    from quaywatch.detect import rollups
+
+    _merge_evidence(con, rollups.FUNCTION_SUMMARY, new)
+    return learned, new
 
 
 # -- register ranges ------------------------------------------------------------------------------------------
@@ -541,15 +575,19 @@ def _range_evidence(
     con.register("d8_wanted_ranges", wanted)
     try:
         on = " AND ".join(f"r.{name} IS NOT DISTINCT FROM w.{name}" for name in _RANGE_KEY)
-        found = con.execute(
-            f"""SELECT {", ".join(f"r.{name}" for name in _RANGE_KEY)},
-                       {_MERGED_EVIDENCE.format(column="r.evidence")} AS evidence
+        cursor = con.execute(
+            f"""SELECT {", ".join(f"r.{name}" for name in _RANGE_KEY)}, {_EVIDENCE_PARTS.format(alias="r")}
                 FROM d8_registers AS r SEMI JOIN d8_wanted_ranges AS w ON {on}
                 WHERE NOT r.learned GROUP BY ALL"""
-        ).fetchall()
+        )
+        names = [column[0] for column in cursor.description]
+        found = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     finally:
         con.unregister("d8_wanted_ranges")
-    return {tuple(row[:6]): list(row[6]) for row in found}
+    from quaywatch.detect import rollups
+
+    _merge_evidence(con, rollups.RANGE_SUMMARY, found)
+    return {tuple(group[name] for name in _RANGE_KEY): group["evidence"] for group in found}
 
 
 def _new_ranges(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> list[dict[str, Any]]:
