@@ -23,9 +23,9 @@ KEYS: dict[str, tuple[str, str]] = {
     "inventory": ("a string (path of the declared inventory CSV)", "inventory"),
     "threads": ("an integer from 1 to 256", "threads"),
     "decoders": ("a string ('all', 'none' or names) or a list of decoder names", "decoders"),
-    "suppressions": ("a list of tables (reserved for alert suppressions)", ""),
+    "suppressions": ("a string (path of a suppressions YAML file applied when alerts are read)", "suppressions_file"),
 }
-PATH_KEYS = ("database", "policy", "inventory")
+PATH_KEYS = ("database", "policy", "inventory", "suppressions")
 
 
 class ConfigError(ValueError):
@@ -60,9 +60,7 @@ def _valid(key: str, value: Any) -> bool:
         return isinstance(value, str) and bool(value)
     if key == "threads":
         return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 256
-    if key == "decoders":
-        return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-    return isinstance(value, list) and all(isinstance(v, dict) for v in value)  # suppressions
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))  # decoders
 
 
 def load_config(path: Path) -> Config:

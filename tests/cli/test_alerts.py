@@ -112,6 +112,13 @@ def test_suppressions_apply_when_read(db: Path, tmp_path: Path) -> None:
     extra.write_text("suppressions:\n  - {detection: D11.http-basic-auth, reason: vendor web UI}\n", encoding="utf-8")
     result = runner.invoke(main, ["alerts", "--db", str(db), "--json", "--suppressions", str(extra)])
     assert len(eve(result.output)) == 1 and "3 suppressed" in result.output
+    # The site's configuration file names the suppressions file once, for every read; paths relative to it.
+    config = tmp_path / "site.toml"
+    config.write_text(f'database = "{db}"\nsuppressions = "{extra.name}"\n', encoding="utf-8")
+    configured = runner.invoke(main, ["--config", str(config), "alerts", "--json"])
+    assert configured.exit_code == 0 and len(eve(configured.output)) == 1 and "3 suppressed" in configured.output
+    shown = runner.invoke(main, ["--config", str(config), "alerts", "show", marked[0]["occurrence_id"], "--json"])
+    assert shown.exit_code == 0 and eve(shown.output)[0]["suppressed"]["reason"] == "lab SNMP simulator, ticket OT-42"
 
 
 def test_bad_suppression_file_is_located(db: Path, tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def test_config_sets_options_and_the_command_line_wins(tmp_path: Path, monkeypat
         ('\n\nthreads = "four"\n', "site.toml:3: threads: expected an integer from 1 to 256, got 'four'"),
         ("threads = 0\n", "site.toml:1: threads: expected an integer"),
         ('database = "a\n', "site.toml:1: (toml): not valid TOML"),
-        ("suppressions = 3\n", "site.toml:1: suppressions: expected a list of tables"),
+        ("suppressions = 3\n", "site.toml:1: suppressions: expected a string (path of a suppressions YAML"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, message: str) -> None:
