@@ -9,6 +9,7 @@ import duckdb
 import pytest
 
 from quaywatch.detect import container_leakage, ics_commands, registry
+from quaywatch.detect.alert import Alert, EventReference
 from quaywatch.detect.context import DetectionContext
 from quaywatch.detect.registry import run_detections
 from quaywatch.policy.load import load_policy
@@ -99,3 +100,95 @@ def test_a_clean_working_day_gives_no_d6_or_d7_alert(tmp_path: Path) -> None:
     assert summary.alerts == {container_leakage.DETECTION: 0, ics_commands.DETECTION: 0}
     assert con.execute("SELECT count(*) FROM cargo_content WHERE valid").fetchone() != (0,)  # there was cargo data
     assert {command.client for command in ics_commands.commands(con)} == {"10.40.0.5"}  # eng-ws-01 wrote a setpoint
+
+
+def _reference(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
+    """D6 as it was computed before the aggregation moved to SQL: every row in order, grouped in Python."""
+    rules = context.policy.container_data if context.policy is not None else ()
+    present = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    judged = bool(rules) and "flow_policy" in present
+    policy = "p.verdict, p.conduit, p.client_zone, p.server_zone" if judged else "NULL, NULL, NULL, NULL"
+    join = "LEFT JOIN flow_policy AS p ON p.capture_id = c.capture_id AND p.flow_id = c.flow_id" if judged else ""
+    rows = con.execute(
+        f"SELECT c.capture_id, c.flow_id, c.community_id, c.client_ip, c.server_ip, c.server_port, c.direction, c.ts, "
+        f"c.packet_number, c.kind, c.value, c.valid, {policy} FROM cargo_content AS c {join} "
+        "WHERE c.kind IN ('container_id', 'edifact_message', 'edifact_location') "
+        "ORDER BY c.ts, c.packet_number, c.kind, c.value"
+    ).fetchall()
+    groups: dict[tuple[str, str, str], tuple[container_leakage._Group, dict[str, str]]] = {}
+    for (capture_id, flow_id, community_id, client, server, server_port, direction, ts, packet, kind, value, valid,
+         verdict, conduit, client_zone, server_zone) in rows:  # fmt: skip
+        family = container_leakage._family(kind)
+        to_client = direction == "to_client"
+        source, destination = (server, client) if to_client else (client, server)
+        source_zone, destination_zone = (server_zone, client_zone) if to_client else (client_zone, server_zone)
+        if source is None or destination is None:
+            continue
+        if judged:
+            if container_leakage._allowed_by(rules, family, verdict, conduit, source_zone, destination_zone):
+                continue
+            reason = f"no container_data rule allows {family} on this flow (verdict {verdict or 'unknown'})"
+        else:
+            if not container_leakage._public(destination):
+                continue
+            reason = "sent to a public address (no container_data policy to judge against)"
+        if (source, destination, family) not in groups:
+            group = container_leakage._Group(source, destination, family, source_zone, destination_zone)
+            group.where = container_leakage._where(verdict, conduit, destination_zone, destination)
+            groups[(source, destination, family)] = (group, {})
+        group, flows = groups[(source, destination, family)]
+        container_leakage._add(group.reasons, reason)
+        group.rows += 1
+        group.first = ts if group.first is None else min(group.first, ts)
+        group.last = ts if group.last is None else max(group.last, ts)
+        if flow_id:
+            flows.setdefault(flow_id, community_id or "")
+        container_leakage._add(group.ports, server_port)
+        if (
+            packet is not None
+            and len(group.packets) < container_leakage.EVIDENCE_PACKETS
+            and packet not in group.packets
+        ):
+            group.packets.append(packet)
+            group.events.append(EventReference("cargo_content", capture_id, packet, flow_id))
+        if kind == "container_id":
+            if valid:
+                container_leakage._add(group.ids, value)
+            else:
+                group.invalid_ids += 1
+        elif kind == "edifact_message":
+            container_leakage._add(group.messages, value)
+        else:
+            qualifier, _, location = value.partition(":")
+            if qualifier == container_leakage.LOADING:
+                container_leakage._add(group.loading, location)
+            elif qualifier == container_leakage.DISCHARGE:
+                container_leakage._add(group.discharge, location)
+    alerts = []
+    for group, flows in groups.values():
+        group.distinct_ids, group.ids = len(group.ids), group.ids[: container_leakage.LISTED_IDS]
+        group.ports = group.ports[: container_leakage.LISTED_IDS]
+        group.flow_count = len(flows)
+        group.flow_ids = list(flows)[: container_leakage.EVIDENCE_PACKETS]
+        group.community_ids = [c for c in dict.fromkeys(flows.values()) if c][: container_leakage.EVIDENCE_PACKETS]
+        if group.family == "container_ids" and group.distinct_ids < container_leakage.MIN_DISTINCT_IDS:
+            continue
+        if group.family == "edifact" and not group.messages:
+            continue
+        alerts.append(container_leakage._alert(group, judged))
+    return alerts
+
+
+@pytest.mark.parametrize("with_policy", [True, False])
+def test_sql_aggregation_gives_the_alerts_of_the_row_by_row_grouping(exfiltration: Path, with_policy: bool) -> None:
+    """Same alerts, evidence order included, as grouping every row in Python; also with matches in many captures."""
+    policy, _ = load_policy(exfiltration / "policy.yaml")
+    context = DetectionContext(policy=policy if with_policy else None)
+    con = duckdb.connect()
+    con.execute(f"ATTACH '{exfiltration / 'db.duckdb'}' AS source (READ_ONLY)")
+    for table in ("cargo_content", "flow_policy"):  # a second capture of the same traffic, its packets renumbered
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM source.{table}")
+        con.execute(f"INSERT INTO {table} SELECT * REPLACE (capture_id || '-again' AS capture_id) FROM source.{table}")
+    con.execute("UPDATE cargo_content SET packet_number = packet_number + 7 WHERE capture_id LIKE '%-again'")
+    alerts = container_leakage.detect(con, context)
+    assert alerts and alerts == _reference(con, context)

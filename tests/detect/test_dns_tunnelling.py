@@ -11,12 +11,14 @@ import datetime as dt
 import hashlib
 import struct
 from pathlib import Path
+from typing import Any
 
+import dpkt
 import pytest
 
 from quaywatch.analysis import Analyzer
 from quaywatch.decode.dns import DnsTcpDecoder, DnsUdpDecoder
-from quaywatch.detect import attack
+from quaywatch.detect import attack, dns_tunnelling
 from quaywatch.detect.alert import Alert
 from quaywatch.detect.context import DetectionContext
 from quaywatch.detect.dns_tunnelling import ALERT_SCORE, detect, measure, registered_domain
@@ -202,3 +204,54 @@ def teardown_module() -> None:
         print(f"{'capture':<42} {'dns rows':>8} {'domains':>7} {'alerts':>6}  highest score (any client, domain)")
         for name, messages, alerts, best, domains in RESULTS:
             print(f"{name:<42} {messages:>8} {domains:>7} {alerts:>6}  {best}")
+
+
+def test_lowest_distinct_ids_are_exact_or_unsure() -> None:
+    heap = dns_tunnelling.LOWEST_WITH_REPEATS
+    assert dns_tunnelling._lowest_distinct(None, 10) == []
+    assert dns_tunnelling._lowest_distinct(["c", "a", "b", "a"], 10) == ["a", "b", "c"]  # every id of the group
+    distinct = [f"f{index:03d}" for index in range(heap)]
+    assert dns_tunnelling._lowest_distinct(distinct, 10) == distinct[:10]
+    repeated = sorted(distinct[:5] * (heap // 5))
+    assert dns_tunnelling._lowest_distinct(repeated, 10) is None  # higher ids may hide behind the repeats
+
+
+def _reference_evidence(con: Any, client: str, domain: str) -> tuple[list[int], list[str], list[str]]:
+    """The alert's first 20 query packets in time order and its 10 lowest flow and Community ids, row by row."""
+    rows = con.execute(
+        "SELECT ts, capture_id, packet_number, flow_id, community_id, query_name FROM dns "
+        "WHERE event_type = 'query' AND client_ip = ?",
+        [client],
+    ).fetchall()
+    rows = [row for row in rows if registered_domain(row[5]) == domain]
+    rows.sort(key=lambda row: (row[0], row[1], row[2]))
+    flows = sorted({row[3] for row in rows if row[3] is not None})[: dns_tunnelling.EVIDENCE_FLOWS]
+    communities = sorted({row[4] for row in rows if row[4] is not None})[: dns_tunnelling.EVIDENCE_FLOWS]
+    return [row[2] for row in rows[: dns_tunnelling.EVIDENCE_PACKETS]], flows, communities
+
+
+@pytest.mark.parametrize("client_ports", [400, 3, 1])
+def test_evidence_is_the_first_queries_and_lowest_flows(tmp_path: Path, client_ports: int) -> None:
+    """Many flows (each query its own), and few flows holding many queries (a reused source port): same evidence."""
+    start = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC).timestamp()
+    frames = []
+    for timestamp, frame in _tunnel(start, b"t.tunnel.example"):
+        packet = dpkt.ethernet.Ethernet(frame)
+        datagram = packet.data.data
+        if datagram.dport == 53:
+            datagram.sport = 30000 + datagram.sport % client_ports
+        else:
+            datagram.dport = 30000 + datagram.dport % client_ports
+        datagram.sum = 0
+        frames.append((timestamp, bytes(packet)))
+    store = Store(tmp_path / "ports.duckdb")
+    Analyzer(store, decoders=[DnsUdpDecoder(), DnsTcpDecoder()]).analyze(write_pcap(tmp_path / "ports.pcap", frames))
+    store.flush()
+    alerts = detect(store.connection, DetectionContext())
+    assert [alert.key for alert in alerts] == [{"client_ip": "10.1.1.50", "domain": "tunnel.example"}]
+    packets, flows, communities = _reference_evidence(store.connection, "10.1.1.50", "tunnel.example")
+    assert len(flows) == min(client_ports, dns_tunnelling.EVIDENCE_FLOWS)
+    assert alerts[0].evidence.packet_numbers == packets
+    assert alerts[0].evidence.flow_ids == flows
+    assert alerts[0].evidence.community_ids == communities
+    store.close()

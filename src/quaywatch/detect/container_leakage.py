@@ -46,16 +46,105 @@ SUPPRESSION_SECONDS = 3600
 #: EDIFACT location qualifiers (UN/EDIFACT 3227): 9 place of loading, 11 place of discharge, 147 stowage cell.
 LOADING, DISCHARGE = "9", "11"
 
-_QUERY = """
-SELECT c.capture_id, c.flow_id, c.community_id, c.client_ip, c.server_ip, c.server_port, c.direction, c.ts,
-       c.packet_number, c.kind, c.value, c.valid, {policy_columns}
-FROM cargo_content AS c {policy_join}
-WHERE c.kind IN ('container_id', 'edifact_message', 'edifact_location')
-ORDER BY c.ts, c.packet_number, c.kind, c.value
+_CARGO_KINDS = "c.kind IN ('container_id', 'edifact_message', 'edifact_location')"
+#: The cargo rows' flows and the columns of theirs the verdict depends on (kind, direction, addresses), each once,
+#: beside the flow's ``flow_policy`` row(s): every one, as joining every cargo row with them would give. A temporary
+#: table a few times smaller than cargo_content: the combinations are read from it, and the cargo rows join it.
+_FLOWS = """
+CREATE OR REPLACE TEMP TABLE container_leakage_flows AS
+SELECT c.capture_id, c.flow_id, c.kind, c.direction, c.client_ip, c.server_ip, {policy_columns}
+FROM (SELECT DISTINCT capture_id, flow_id, kind, direction, client_ip, server_ip FROM cargo_content AS c
+      WHERE {kinds}) AS c {policy_join}
 """
 _POLICY_COLUMNS = "p.verdict, p.conduit, p.client_zone, p.server_zone"
-_NO_POLICY_COLUMNS = "NULL AS verdict, NULL AS conduit, NULL AS client_zone, NULL AS server_zone"
+_NO_POLICY_COLUMNS = ", ".join(
+    f"NULL::VARCHAR AS {name}" for name in ("verdict", "conduit", "client_zone", "server_zone")
+)
 _POLICY_JOIN = "LEFT JOIN flow_policy AS p ON p.capture_id = c.capture_id AND p.flow_id = c.flow_id"
+_FLOW_KEY = ("capture_id", "flow_id", "kind", "direction", "client_ip", "server_ip")
+
+#: Everything an alert says, per group (source, destination and kind family, numbered in Python from the kept
+#: combinations), over the rows of the kept combinations: one pass in SQL. "First" is in the order of ts, packet
+#: number, kind and value (``position``): the first row's combination gives the zones and the destination's
+#: description, and every list holds distinct values in the order they first appear.
+_GROUPS_SQL = """
+WITH kept_flows AS (
+    SELECT f.*, k.grp, k.combination FROM container_leakage_flows AS f JOIN container_leakage_kept AS k ON {on}
+),
+kept AS MATERIALIZED (
+    SELECT f.grp, f.combination, row_number() OVER (ORDER BY c.ts, c.packet_number, c.kind, c.value) AS position,
+           c.capture_id, c.flow_id, c.community_id, c.server_port, c.ts, c.packet_number, c.kind, c.value, c.valid
+    FROM cargo_content AS c JOIN kept_flows AS f ON {flow_on}
+    WHERE {kinds}
+),
+groups AS (
+    SELECT grp, min(position) AS position, count(*) AS matches, min(ts) AS first_ts, max(ts) AS last_ts,
+           count(*) FILTER (WHERE kind = 'container_id' AND NOT valid) AS invalid_ids
+    FROM kept GROUP BY grp
+),
+combinations AS (
+    SELECT grp, list(combination ORDER BY position) AS combinations FROM (
+        SELECT grp, combination, min(position) AS position FROM kept GROUP BY ALL
+    ) GROUP BY grp
+),
+flows AS (
+    SELECT grp, flow_id, min(position) AS position,
+           arg_min_null(community_id, position) AS community
+    FROM kept WHERE flow_id <> '' GROUP BY ALL
+),
+flow_lists AS (
+    SELECT grp, count(*) AS flow_count, list(flow_id ORDER BY position)[1:{evidence}] AS flow_ids
+    FROM flows GROUP BY grp
+),
+communities AS (
+    SELECT grp, list(community ORDER BY position)[1:{evidence}] AS community_ids FROM (
+        SELECT grp, community, min(position) AS position FROM flows WHERE community <> '' GROUP BY ALL
+    ) GROUP BY grp
+),
+ports AS (
+    SELECT grp, list(server_port ORDER BY position)[1:{listed}] AS ports FROM (
+        SELECT grp, server_port, min(position) AS position FROM kept WHERE server_port IS NOT NULL GROUP BY ALL
+    ) GROUP BY grp
+),
+packets AS (
+    SELECT grp,
+           list(struct_pack(packet_number, capture_id := origin.capture_id, flow_id := origin.flow_id)
+                ORDER BY position)[1:{evidence}] AS packets
+    FROM (
+        SELECT grp, packet_number, min(position) AS position,
+               arg_min(struct_pack(capture_id, flow_id), position) AS origin
+        FROM kept WHERE packet_number IS NOT NULL GROUP BY ALL
+    ) GROUP BY grp
+),
+cargo AS (
+    SELECT grp, count(*) FILTER (WHERE tag = 'id') AS distinct_ids,
+           list(value ORDER BY position) FILTER (WHERE tag = 'id')[1:{listed}] AS ids,
+           list(value ORDER BY position) FILTER (WHERE tag = 'message') AS messages,
+           list(value ORDER BY position) FILTER (WHERE tag = 'loading') AS loading,
+           list(value ORDER BY position) FILTER (WHERE tag = 'discharge') AS discharge
+    FROM (
+        SELECT grp, tag, CASE WHEN tag IN ('id', 'message') THEN value ELSE substr(value, length(qualifier) + 2) END
+                   AS value, min(position) AS position
+        FROM (
+            SELECT grp, position, value, qualifier,
+                   CASE WHEN kind = 'container_id' THEN CASE WHEN valid THEN 'id' END
+                        WHEN kind = 'edifact_message' THEN 'message'
+                        WHEN qualifier = '{loading}' THEN 'loading'
+                        WHEN qualifier = '{discharge}' THEN 'discharge' END AS tag
+            FROM (SELECT *, CASE WHEN kind = 'edifact_location' THEN split_part(value, ':', 1) END AS qualifier
+                  FROM kept)
+        ) WHERE tag IS NOT NULL GROUP BY ALL
+    ) GROUP BY grp
+)
+SELECT * FROM groups
+LEFT JOIN combinations USING (grp)
+LEFT JOIN flow_lists USING (grp)
+LEFT JOIN communities USING (grp)
+LEFT JOIN ports USING (grp)
+LEFT JOIN packets USING (grp)
+LEFT JOIN cargo USING (grp)
+ORDER BY groups.position
+"""
 
 
 @dataclass(slots=True)
@@ -69,7 +158,8 @@ class _Group:
     destination_zone: str | None = None
     where: str = ""  # zone, "external", "partner <name>" ...
     reasons: list[str] = field(default_factory=list)
-    ids: list[str] = field(default_factory=list)
+    distinct_ids: int = 0
+    ids: list[str] = field(default_factory=list)  # the first LISTED_IDS of them
     messages: list[str] = field(default_factory=list)
     loading: list[str] = field(default_factory=list)
     discharge: list[str] = field(default_factory=list)
@@ -77,10 +167,12 @@ class _Group:
     rows: int = 0
     first: dt.datetime | None = None
     last: dt.datetime | None = None
-    flows: dict[str, str] = field(default_factory=dict)  # flow id -> community id
+    flow_count: int = 0
+    flow_ids: list[str] = field(default_factory=list)  # the first EVIDENCE_PACKETS of them
+    community_ids: list[str] = field(default_factory=list)  # of those flows' first rows, likewise
     events: list[EventReference] = field(default_factory=list)
     packets: list[int] = field(default_factory=list)
-    ports: list[int] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)  # the first LISTED_IDS of them
 
 
 def _add(items: list[Any], value: Any) -> None:
@@ -128,106 +220,102 @@ def _where(verdict: str | None, conduit: str | None, zone: str | None, ip: str) 
 _COMBINATION = ("kind", "direction", "client_ip", "server_ip", "verdict", "conduit", "client_zone", "server_zone")
 
 
-def _kept(
-    rules: Iterable[ContainerDataFlow], judged: bool, kind: str, direction: str | None, client: str | None,
-    server: str | None, verdict: str | None, conduit: str | None, client_zone: str | None, server_zone: str | None,
-) -> bool:  # fmt: skip
-    """Whether rows with these values can count: the per-row test of :func:`detect`, on what it depends on."""
-    to_client = direction == "to_client"
-    destination = client if to_client else server
-    if (server if to_client else client) is None or destination is None:
+@dataclass(frozen=True, slots=True)
+class _Combination:
+    """One distinct combination of the columns the verdict depends on, and the group its rows count in."""
+
+    kind: str
+    direction: str | None
+    client_ip: str | None
+    server_ip: str | None
+    verdict: str | None
+    conduit: str | None
+    client_zone: str | None
+    server_zone: str | None
+
+    @property
+    def to_client(self) -> bool:
+        return self.direction == "to_client"
+
+    @property
+    def source(self) -> str | None:
+        return self.server_ip if self.to_client else self.client_ip
+
+    @property
+    def destination(self) -> str | None:
+        return self.client_ip if self.to_client else self.server_ip
+
+    @property
+    def source_zone(self) -> str | None:
+        return self.server_zone if self.to_client else self.client_zone
+
+    @property
+    def destination_zone(self) -> str | None:
+        return self.client_zone if self.to_client else self.server_zone
+
+    @property
+    def family(self) -> str:
+        return _family(str(self.kind))
+
+
+def _kept(rules: Iterable[ContainerDataFlow], judged: bool, combination: _Combination) -> bool:
+    """Whether rows with these values count: the per-row test of :func:`detect`, on what it depends on."""
+    if combination.source is None or combination.destination is None:
         return False
     if judged:
-        source_zone, destination_zone = (server_zone, client_zone) if to_client else (client_zone, server_zone)
-        return _allowed_by(rules, _family(str(kind)), verdict, conduit, source_zone, destination_zone) is None
-    return _public(destination)
-
-
-def _kept_rows(
-    con: duckdb.DuckDBPyConnection, sql: str, rules: Iterable[ContainerDataFlow], judged: bool
-) -> list[tuple[Any, ...]]:
-    """The rows of ``sql`` that can count, in its order.
-
-    The verdict depends only on a few columns with few distinct combinations (a terminal's cargo traffic is mostly
-    the same allowed EDI conduits, hundreds of thousands of matches a day): each combination is judged once in
-    Python and only the rows of the kept ones are fetched.
-    """
-    columns = ", ".join(_COMBINATION)
-    combinations = con.execute(f"SELECT DISTINCT {columns} FROM ({sql})").fetchall()
-    kept = [row for row in combinations if _kept(rules, judged, *row)]
-    if not kept:
-        return []
-    table = pa.table({name: [row[i] for row in kept] for i, name in enumerate(_COMBINATION)})
-    table = table.cast(pa.schema([pa.field(name, pa.string()) for name in _COMBINATION]))
-    con.register("container_leakage_kept", table)
-    try:
-        on = " AND ".join(f"q.{name} IS NOT DISTINCT FROM k.{name}" for name in _COMBINATION)
-        return con.execute(
-            f"SELECT q.* FROM ({sql}) AS q SEMI JOIN container_leakage_kept AS k ON {on} "
-            "ORDER BY q.ts, q.packet_number, q.kind, q.value"
-        ).fetchall()
-    finally:
-        con.unregister("container_leakage_kept")
+        found = _allowed_by(
+            rules, combination.family, combination.verdict, combination.conduit, combination.source_zone,
+            combination.destination_zone,
+        )  # fmt: skip
+        return found is None
+    return _public(combination.destination)
 
 
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
-    """One alert per source, destination and kind family of cargo data that went where the policy does not allow."""
+    """One alert per source, destination and kind family of cargo data that went where the policy does not allow.
+
+    The verdict depends only on a few columns with few distinct combinations (a terminal's cargo traffic is mostly
+    the same allowed EDI conduits, hundreds of thousands of matches a day): each combination is judged once in
+    Python, and one aggregation in SQL reads only the rows of the kept ones and returns one row per alert.
+    """
     present = {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
     policy: Policy | None = context.policy
     rules = policy.container_data if policy is not None else ()
     judged = bool(rules) and "flow_policy" in present
-    sql = _QUERY.format(
-        policy_columns=_POLICY_COLUMNS if judged else _NO_POLICY_COLUMNS, policy_join=_POLICY_JOIN if judged else ""
-    )
-    groups: dict[tuple[str, str, str], _Group] = {}
-    for row in _kept_rows(con, sql, rules, judged):
-        (capture_id, flow_id, community_id, client, server, server_port, direction, ts, packet, kind, value, valid,
-         verdict, conduit, client_zone, server_zone) = row  # fmt: skip
-        family = _family(str(kind))
-        to_client = direction == "to_client"
-        source, destination = (server, client) if to_client else (client, server)
-        source_zone, destination_zone = (server_zone, client_zone) if to_client else (client_zone, server_zone)
-        if source is None or destination is None:
-            continue
-        if judged:
-            if _allowed_by(rules, family, verdict, conduit, source_zone, destination_zone) is not None:
-                continue
-            reason = f"no container_data rule allows {family} on this flow (verdict {verdict or 'unknown'})"
-        else:
-            if not _public(destination):
-                continue
-            reason = "sent to a public address (no container_data policy to judge against)"
-        group = groups.get((source, destination, family))
-        if group is None:
-            group = _Group(source, destination, family, source_zone, destination_zone)
-            group.where = _where(verdict, conduit, destination_zone, destination)
-            groups[(source, destination, family)] = group
-        _add(group.reasons, reason)
-        group.rows += 1
-        group.first = ts if group.first is None else min(group.first, ts)
-        group.last = ts if group.last is None else max(group.last, ts)
-        if flow_id:
-            group.flows.setdefault(str(flow_id), str(community_id or ""))
-        _add(group.ports, server_port)
-        if packet is not None and len(group.packets) < EVIDENCE_PACKETS and int(packet) not in group.packets:
-            group.packets.append(int(packet))  # one event per packet, however many matches it held
-            group.events.append(EventReference("cargo_content", str(capture_id), int(packet), flow_id))
-        if kind == "container_id":
-            if valid:
-                _add(group.ids, str(value))
-            else:
-                group.invalid_ids += 1
-        elif kind == "edifact_message":
-            _add(group.messages, str(value))
-        else:
-            qualifier, _, location = str(value).partition(":")
-            if qualifier == LOADING:
-                _add(group.loading, location)
-            elif qualifier == DISCHARGE:
-                _add(group.discharge, location)
+    columns = _POLICY_COLUMNS if judged else _NO_POLICY_COLUMNS
+    try:
+        con.execute(
+            _FLOWS.format(policy_columns=columns, policy_join=_POLICY_JOIN if judged else "", kinds=_CARGO_KINDS)
+        )
+        found = con.execute(f"SELECT DISTINCT {', '.join(_COMBINATION)} FROM container_leakage_flows").fetchall()
+        combinations = [_Combination(*row) for row in found]
+        kept = [combination for combination in combinations if _kept(rules, judged, combination)]
+        if not kept:
+            return []
+        groups: dict[tuple[str | None, str | None, str], int] = {}
+        for combination in kept:
+            groups.setdefault((combination.source, combination.destination, combination.family), len(groups))
+        table = pa.table({name: [getattr(item, name) for item in kept] for name in _COMBINATION})
+        table = table.cast(pa.schema([pa.field(name, pa.string()) for name in _COMBINATION]))
+        table = table.append_column("combination", pa.array(range(len(kept)), pa.int32()))
+        grp = [groups[(item.source, item.destination, item.family)] for item in kept]
+        table = table.append_column("grp", pa.array(grp, pa.int32()))
+        con.register("container_leakage_kept", table)
+        try:
+            groups_sql = _GROUPS_SQL.format(
+                on=" AND ".join(f"f.{name} IS NOT DISTINCT FROM k.{name}" for name in _COMBINATION),
+                flow_on=" AND ".join(f"c.{name} IS NOT DISTINCT FROM f.{name}" for name in _FLOW_KEY),
+                kinds=_CARGO_KINDS, evidence=EVIDENCE_PACKETS, listed=LISTED_IDS, loading=LOADING, discharge=DISCHARGE,
+            )  # fmt: skip
+            rows = con.sql(groups_sql).to_arrow_table().to_pylist()
+        finally:
+            con.unregister("container_leakage_kept")
+    finally:
+        con.execute("DROP TABLE IF EXISTS container_leakage_flows")
     alerts = []
-    for group in groups.values():
-        if group.family == "container_ids" and len(group.ids) < MIN_DISTINCT_IDS:
+    for row in rows:
+        group = _group(row, [kept[index] for index in row["combinations"]], judged)
+        if group.family == "container_ids" and group.distinct_ids < MIN_DISTINCT_IDS:
             continue
         if group.family == "edifact" and not group.messages:
             continue
@@ -235,12 +323,44 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     return alerts
 
 
+def _group(row: dict[str, Any], combinations: list[_Combination], judged: bool) -> _Group:
+    """A :class:`_Group` from one row of :data:`_GROUPS_SQL` and its combinations in the order they first appear."""
+    first = combinations[0]
+    source, destination = first.source, first.destination
+    assert source is not None and destination is not None  # a kept combination has both
+    group = _Group(source, destination, first.family, first.source_zone, first.destination_zone)
+    group.where = _where(first.verdict, first.conduit, first.destination_zone, destination)
+    for combination in combinations:
+        if judged:
+            verdict = combination.verdict or "unknown"
+            _add(group.reasons, f"no container_data rule allows {group.family} on this flow (verdict {verdict})")
+        else:
+            _add(group.reasons, "sent to a public address (no container_data policy to judge against)")
+    group.distinct_ids = int(row["distinct_ids"] or 0)
+    group.ids = list(row["ids"] or [])
+    group.messages = list(row["messages"] or [])
+    group.loading = list(row["loading"] or [])
+    group.discharge = list(row["discharge"] or [])
+    group.invalid_ids = int(row["invalid_ids"])
+    group.rows = int(row["matches"])
+    group.first, group.last = row["first_ts"], row["last_ts"]
+    group.flow_count = int(row["flow_count"] or 0)
+    group.flow_ids = list(row["flow_ids"] or [])
+    group.community_ids = list(row["community_ids"] or [])
+    for packet in row["packets"] or []:  # one event per packet, however many matches it held
+        number = int(packet["packet_number"])
+        group.packets.append(number)
+        group.events.append(EventReference("cargo_content", str(packet["capture_id"]), number, packet["flow_id"]))
+    group.ports = list(row["ports"] or [])
+    return group
+
+
 def _alert(group: _Group, judged: bool) -> Alert:
     external = group.destination_zone == EXTERNAL_ZONE or (
         group.destination_zone is None and _public(group.destination)
     )
     what = (
-        f"{len(group.ids)} distinct valid container id(s)"
+        f"{group.distinct_ids} distinct valid container id(s)"
         if group.family == "container_ids"
         else f"EDIFACT {', '.join(group.messages)}"
     )
@@ -249,13 +369,13 @@ def _alert(group: _Group, judged: bool) -> Alert:
         ports = f" (ports of loading {', '.join(group.loading) or '-'}; discharge {', '.join(group.discharge) or '-'})"
     components: list[ScoreComponent] = []
     if group.family == "container_ids":
-        chance = CHANCE_PER_ID ** len(group.ids)
+        chance = CHANCE_PER_ID**group.distinct_ids
         components.append(
             ScoreComponent(
-                "distinct valid container ids", float(len(group.ids)), 0.4,
-                f"{len(group.ids)} distinct ids pass the ISO 6346 check digit ({group.invalid_ids} match(es) failed "
-                f"it). A random 11-character match passes one time in ten, so {len(group.ids)} passing by chance "
-                f"has a probability of about {chance:.0e}.",
+                "distinct valid container ids", float(group.distinct_ids), 0.4,
+                f"{group.distinct_ids} distinct ids pass the ISO 6346 check digit ({group.invalid_ids} match(es) "
+                f"failed it). A random 11-character match passes one time in ten, so {group.distinct_ids} passing "
+                f"by chance has a probability of about {chance:.0e}.",
             )
         )  # fmt: skip
     else:
@@ -281,7 +401,7 @@ def _alert(group: _Group, judged: bool) -> Alert:
         )
     )  # fmt: skip
     # Score: how sure the content is cargo data (chance of the ids), times how bad the destination is.
-    chance = CHANCE_PER_ID ** len(group.ids) if group.family == "container_ids" else 0.0
+    chance = CHANCE_PER_ID**group.distinct_ids if group.family == "container_ids" else 0.0
     score = (1.0 - chance) * (0.5 + (0.3 if external else 0.1) + (0.2 if judged else 0.0))
     confidence = (0.9 if external else 0.75) if judged else 0.6
     severity = "high" if external else "medium"
@@ -290,7 +410,7 @@ def _alert(group: _Group, judged: bool) -> Alert:
     first = group.first or dt.datetime.now(dt.UTC)
     values: dict[str, Any] = {
         "family": group.family,
-        "distinct_valid_ids": len(group.ids),
+        "distinct_valid_ids": group.distinct_ids,
         "container_ids": group.ids[:LISTED_IDS],
         "invalid_id_matches": group.invalid_ids,
         "edifact_messages": group.messages[:LISTED_IDS],
@@ -311,9 +431,9 @@ def _alert(group: _Group, judged: bool) -> Alert:
         techniques=list(TECHNIQUES),
         first_seen=first,
         last_seen=group.last or first,
-        count=len(group.flows) or 1,
+        count=group.flow_count or 1,
         explanation=(
-            f"{group.source} sent {what}{ports} to {group.destination} ({group.where}) in {len(group.flows)} flow(s). "
+            f"{group.source} sent {what}{ports} to {group.destination} ({group.where}) in {group.flow_count} flow(s). "
             + ("No container_data rule of the policy allows it there. " if judged else "")
             + "Cargo data tells a thief or smuggler which box is where: check what runs on the source and why it "
             "sends there."
@@ -323,8 +443,8 @@ def _alert(group: _Group, judged: bool) -> Alert:
         assets=[group.source, group.destination],
         zones=[zone for zone in (group.source_zone, group.destination_zone) if zone],
         evidence=Evidence(
-            flow_ids=list(group.flows)[:EVIDENCE_PACKETS],
-            community_ids=[c for c in dict.fromkeys(group.flows.values()) if c][:EVIDENCE_PACKETS],
+            flow_ids=group.flow_ids,
+            community_ids=group.community_ids,
             events=group.events,
             packet_numbers=group.packets,
             values=values,

@@ -143,27 +143,40 @@ def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return bool(row and row[0])
 
 
-def _filtered_view(con: duckdb.DuckDBPyConnection, data: ReferenceData) -> None:
-    """Queries and responses that could carry tunnelled data: upstream names, no local services, no PTR.
-
-    A temporary table, computed once: the later steps read it three times. A suffix is matched against the
-    name's last one, two or three labels, a hash lookup rather than one string test per suffix.
-    """
-    suffixes = ", ".join("'" + suffix.replace("'", "''") + "'" for suffix in data.local_suffixes) or "''"
+def _row_filter(data: ReferenceData, table: str = "dns") -> str:
+    """The per-message test: upstream queries and responses, no local name services, no excluded query types."""
     ports = ", ".join(str(int(port)) for port in data.local_ports)
     types = ", ".join("'" + name.replace("'", "''") + "'" for name in data.excluded_query_types) or "''"
+    return f"""{table}.event_type IN ('query', 'response') AND {table}.query_name_raw IS NOT NULL
+              AND {table}.label_count >= 2 AND {table}.client_ip IS NOT NULL
+              AND coalesce({table}.server_port, 53) NOT IN ({ports})
+              AND coalesce({table}.query_type_name, '') NOT IN ({types})"""
+
+
+def _client_names(con: duckdb.DuckDBPyConnection, data: ReferenceData) -> None:
+    """Per client and distinct query name, the message counts: the one pass over ``dns``.
+
+    A temporary table of one row per client and name (not per message): the later steps read it three times and
+    every count of the score adds up from it. A suffix is matched against the name's last one, two or three
+    labels, a hash lookup rather than one string test per suffix, once per name rather than once per message.
+    """
+    suffixes = ", ".join("'" + suffix.replace("'", "''") + "'" for suffix in data.local_suffixes) or "''"
+    tunnel_types = ", ".join("'" + name.replace("'", "''") + "'" for name in data.tunnel_query_types) or "''"
     con.execute(f"""
-        CREATE OR REPLACE TEMP TABLE d5_messages AS
+        CREATE OR REPLACE TEMP TABLE d5_client_names AS
         SELECT * EXCLUDE (last_labels) FROM (
-            SELECT capture_id, ts, packet_number, flow_id, community_id, client_ip, event_type, query_name,
-                   query_name_raw, query_type_name, rcode_name, name_key,
-                   string_split(name_key, '.')[-3:] AS last_labels
-            FROM (
-                SELECT *, lower(rtrim(query_name, '.')) AS name_key FROM dns
-                WHERE event_type IN ('query', 'response') AND query_name_raw IS NOT NULL AND label_count >= 2
-                  AND client_ip IS NOT NULL
-                  AND coalesce(server_port, 53) NOT IN ({ports})
-                  AND coalesce(query_type_name, '') NOT IN ({types})
+            SELECT *, string_split(name_key, '.')[-3:] AS last_labels FROM (
+                SELECT client_ip, query_name, lower(rtrim(query_name, '.')) AS name_key,
+                       any_value(query_name_raw) AS query_name_raw,
+                       count(*) FILTER (WHERE event_type = 'query') AS queries,
+                       count(*) FILTER (WHERE event_type = 'response') AS responses,
+                       count(*) FILTER (WHERE event_type = 'response' AND rcode_name = 'NXDOMAIN') AS nxdomain,
+                       count(*) FILTER (WHERE event_type = 'query' AND query_type_name IN ({tunnel_types}))
+                           AS tunnel_types,
+                       min(ts) FILTER (WHERE event_type = 'query') AS first_seen,
+                       max(ts) FILTER (WHERE event_type = 'query') AS last_seen
+                FROM dns WHERE {_row_filter(data)}
+                GROUP BY client_ip, query_name
             )
         )
         WHERE last_labels[-1] NOT IN ({suffixes})
@@ -179,7 +192,8 @@ def _names(con: duckdb.DuckDBPyConnection) -> pa.Table:
     subdomains: list[bytes] = []
     longest: list[int] = []
     encoded: list[bool] = []
-    for key, raw in con.execute("SELECT name_key, any_value(query_name_raw) FROM d5_messages GROUP BY 1").fetchall():
+    rows = con.execute("SELECT name_key, any_value(query_name_raw) FROM d5_client_names GROUP BY 1").fetchall()
+    for key, raw in rows:
         name = _describe(bytes(raw).lower())
         keys.append(key)
         domains.append(name.domain)
@@ -313,13 +327,13 @@ _GROUPS_SQL = """
 WITH suspect_domains AS (
     SELECT DISTINCT domain FROM d5_names WHERE {suspect}
 ),
-messages AS (
-    SELECT m.*, n.domain FROM d5_messages m JOIN d5_names n USING (name_key)
+named AS (
+    SELECT c.*, n.domain FROM d5_client_names c JOIN d5_names n USING (name_key)
     WHERE n.domain IN (SELECT domain FROM suspect_domains)
 ),
 distinct_names AS (
-    SELECT client_ip, domain, name_key, min(ts) AS first_ts, arg_min(query_name, ts) AS query_name
-    FROM messages WHERE event_type = 'query' GROUP BY ALL
+    SELECT client_ip, domain, name_key, min(first_seen) AS first_ts, arg_min(query_name, first_seen) AS query_name
+    FROM named WHERE queries > 0 GROUP BY ALL
 ),
 name_totals AS (
     SELECT d.client_ip, d.domain, count(*) AS distinct_names, sum(n.subdomain_length) AS subdomain_octets,
@@ -328,28 +342,70 @@ name_totals AS (
     FROM distinct_names d JOIN d5_names n USING (name_key) GROUP BY ALL
 ),
 message_totals AS (
-    SELECT client_ip, domain,
-           count(*) FILTER (WHERE event_type = 'query') AS queries,
-           count(*) FILTER (WHERE event_type = 'response') AS responses,
-           count(*) FILTER (WHERE event_type = 'response' AND rcode_name = 'NXDOMAIN') AS nxdomain,
-           count(*) FILTER (WHERE event_type = 'query' AND query_type_name IN ({tunnel_types})) AS tunnel_types,
-           min(ts) FILTER (WHERE event_type = 'query') AS first_seen,
-           max(ts) FILTER (WHERE event_type = 'query') AS last_seen,
-           list(struct_pack(capture_id, packet_number, flow_id) ORDER BY ts, capture_id, packet_number)
-               FILTER (WHERE event_type = 'query')[1:{packets}] AS packets,
-           list(DISTINCT community_id) FILTER (WHERE event_type = 'query' AND community_id IS NOT NULL) AS communities,
-           list(DISTINCT flow_id) FILTER (WHERE event_type = 'query' AND flow_id IS NOT NULL) AS flows
-    FROM messages GROUP BY ALL
+    SELECT client_ip, domain, sum(queries) AS queries, sum(responses) AS responses, sum(nxdomain) AS nxdomain,
+           sum(tunnel_types) AS tunnel_types, min(first_seen) AS first_seen, max(last_seen) AS last_seen
+    FROM named GROUP BY ALL
 )
 SELECT * FROM message_totals JOIN name_totals USING (client_ip, domain)
 WHERE queries > 0 AND ({suspect_group})
 ORDER BY client_ip, domain
 """
 
+#: The names of the chosen clients and domains, each with the time of its first query.
+_CHOSEN_NAMES = """
+SELECT c.client_ip, c.query_name, n.domain, c.first_seen
+FROM d5_client_names c JOIN d5_names n USING (name_key)
+SEMI JOIN d5_chosen AS k ON k.client_ip = c.client_ip AND k.domain = n.domain
+WHERE c.queries > 0
+"""
+
+#: A time that the first queries of every chosen group fall within. A group of at least 20 names has 20 queries
+#: no later than the 20th earliest first query of a name, so its first 20 queries are no later than that; the
+#: latest such time over the groups (none when a group has fewer names) limits the rows the ordering step sees.
+_EARLY_SQL = """
+SELECT CASE WHEN bool_or(bound IS NULL) THEN NULL ELSE max(bound) END FROM (
+    SELECT list_sort(list(first_seen) FILTER (WHERE first_seen IS NOT NULL))[{packets}] AS bound
+    FROM ({chosen_names}) GROUP BY client_ip, domain
+)
+"""
+
+#: The evidence of the alerts only, from their own queries: the first queries in time order, and the lowest flow
+#: and Community ids with repeats (a small heap per group rather than a set of every flow; :func:`_lowest_distinct`).
+_EVIDENCE_SQL = """
+SELECT g.client_ip, g.domain, {columns}
+FROM dns AS m JOIN ({chosen_names}) AS g ON m.client_ip = g.client_ip AND m.query_name = g.query_name
+WHERE m.event_type = 'query' AND {row_filter}
+GROUP BY ALL
+"""
+_PACKETS = """min_by(struct_pack(m.capture_id, m.packet_number, m.flow_id),
+                     struct_pack(m.ts, m.capture_id, m.packet_number), {count}) FILTER (WHERE {early}) AS packets"""
+_LOWEST = "min(m.{column}, {count}) AS {name}"
+_DISTINCT = "list_sort(list(DISTINCT m.{column}) FILTER (WHERE m.{column} IS NOT NULL))[1:{count}] AS {name}"
+_IDS = {"flows": "flow_id", "communities": "community_id"}
+#: How many lowest ids, repeats included, the evidence step keeps per group to find the lowest distinct ones.
+LOWEST_WITH_REPEATS = 2 * EVIDENCE_FLOWS
+
+
+def _lowest_distinct(lowest: list[str] | None, count: int) -> list[str] | None:
+    """The ``count`` lowest distinct ids from the ``LOWEST_WITH_REPEATS`` lowest ones with repeats; None if unsure.
+
+    Every id below the highest of those is among them, so their distinct ones are the group's lowest distinct
+    ones, exactly, when there are ``count`` of them or when the group had fewer ids than were kept.
+    """
+    values = lowest or []
+    distinct = sorted(set(values))
+    if len(distinct) >= count or len(values) < LOWEST_WITH_REPEATS:
+        return distinct[:count]
+    return None
+
 
 @dataclass(slots=True)
 class Measurement:
-    """One client and registered domain, measured and scored (``gated``: it had an encoded-looking name)."""
+    """One client and registered domain, measured and scored (``gated``: it had an encoded-looking name).
+
+    ``row`` holds the group's aggregates; the evidence columns (``packets``, ``flows``, ``communities``) are
+    fetched by :func:`detect` for the alerts only.
+    """
 
     group: _Group
     components: list[ScoreComponent]
@@ -365,35 +421,39 @@ def measure(con: duckdb.DuckDBPyConnection, every_domain: bool = False) -> list[
     client), so detection skips them early, which keeps the aggregation and the entropy step small; a test or an
     analyst asks for ``every_domain`` to see how far below the threshold normal traffic stays.
     """
+    try:
+        return _measure(con, every_domain)[0]
+    finally:
+        con.execute("DROP TABLE IF EXISTS d5_client_names")  # the working copy lives in the caller's connection
+
+
+def _measure(con: duckdb.DuckDBPyConnection, every_domain: bool) -> tuple[list[Measurement], pa.Table | None]:
+    """:func:`measure`, leaving ``d5_client_names`` for the evidence step; also returns the names table."""
     if not _table_exists(con, "dns"):
-        return []
+        return [], None
     data = reference_data()
-    _filtered_view(con, data)
+    _client_names(con, data)
     names = _names(con)
     if names.num_rows == 0:
-        con.execute("DROP TABLE IF EXISTS d5_messages")
-        return []
+        return [], None
     suspect = f"longest_label >= {ENCODED_LABEL_OCTETS} OR encoded"
     con.register("d5_names", names)
     try:
         sql = _GROUPS_SQL.format(
             examples=EXAMPLE_NAMES,
-            packets=EVIDENCE_PACKETS,
             suspect="true" if every_domain else suspect,
             suspect_group="true" if every_domain else f"longest_label >= {ENCODED_LABEL_OCTETS} OR encoded_names > 0",
-            tunnel_types=", ".join("'" + name.replace("'", "''") + "'" for name in data.tunnel_query_types),
         )
         candidates = con.sql(sql).to_arrow_table().to_pylist()
         if not candidates:
-            return []
+            return [], names
         subdomains = con.sql(
-            f"""SELECT DISTINCT q.client_ip, n.domain, n.name_key, n.subdomain FROM d5_messages q
-               JOIN d5_names n USING (name_key) WHERE q.event_type = 'query' AND n.domain IN (
+            f"""SELECT DISTINCT c.client_ip, n.domain, n.name_key, n.subdomain FROM d5_client_names c
+               JOIN d5_names n USING (name_key) WHERE c.queries > 0 AND n.domain IN (
                    SELECT domain FROM d5_names WHERE {"true" if every_domain else suspect})"""
         ).to_arrow_table()
     finally:
         con.unregister("d5_names")
-        con.execute("DROP TABLE IF EXISTS d5_messages")  # the working copy lives in the caller's connection
     index = {(row["client_ip"], row["domain"]): position for position, row in enumerate(candidates)}
     owners = [
         index.get((client, domain), -1)
@@ -428,16 +488,67 @@ def measure(con: duckdb.DuckDBPyConnection, every_domain: bool = False) -> list[
         components = _components(group)
         gated = group.longest_label >= ENCODED_LABEL_OCTETS or group.encoded_names > 0
         measured.append(Measurement(group, components, score(components), gated, row))
-    return measured
+    return measured, names
+
+
+def _evidence(con: duckdb.DuckDBPyConnection, names: pa.Table, chosen: list[Measurement]) -> None:
+    """Add the evidence columns (``packets``, ``flows``, ``communities``) to the rows of the chosen measurements."""
+    if not chosen:
+        return
+    keys = pa.table(
+        {
+            "client_ip": pa.array([item.group.client_ip for item in chosen], pa.string()),
+            "domain": pa.array([item.group.domain for item in chosen], pa.string()),
+        }
+    )
+    con.register("d5_names", names)
+    con.register("d5_chosen", keys)
+    try:
+        early = con.sql(_EARLY_SQL.format(packets=EVIDENCE_PACKETS, chosen_names=_CHOSEN_NAMES)).fetchall()[0][0]
+        columns = [_PACKETS.format(count=EVIDENCE_PACKETS, early="true" if early is None else "m.ts <= $early")]
+        columns += [
+            _LOWEST.format(column=column, count=LOWEST_WITH_REPEATS, name=name) for name, column in _IDS.items()
+        ]
+        parameters = {} if early is None else {"early": early}
+        found = _evidence_query(con, columns, parameters)
+        rows: dict[tuple[str, str], dict[str, Any]] = {}
+        for key, row in found.items():
+            rows[key] = {"packets": row["packets"]} | {
+                name: _lowest_distinct(row[name], EVIDENCE_FLOWS) for name in _IDS
+            }
+        unsure = [name for name in _IDS if any(row[name] is None for row in rows.values())]
+        if unsure:  # many queries in few flows (DNS over TCP, a reused source port): the distinct ids, counted
+            columns = [_DISTINCT.format(column=_IDS[name], count=EVIDENCE_FLOWS, name=name) for name in unsure]
+            for key, row in _evidence_query(con, columns, {}).items():
+                rows[key].update({name: row[name] for name in unsure if rows[key][name] is None})
+    finally:
+        con.unregister("d5_chosen")
+        con.unregister("d5_names")
+    for item in chosen:
+        none: dict[str, Any] = {"packets": None, "flows": None, "communities": None}
+        item.row.update(rows.get((item.group.client_ip, item.group.domain), none))
+
+
+def _evidence_query(
+    con: duckdb.DuckDBPyConnection, columns: list[str], parameters: dict[str, Any]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    sql = _EVIDENCE_SQL.format(
+        columns=", ".join(columns), chosen_names=_CHOSEN_NAMES, row_filter=_row_filter(reference_data(), "m")
+    )
+    found = con.sql(sql, params=parameters).to_arrow_table().to_pylist()
+    return {(row["client_ip"], row["domain"]): row for row in found}
 
 
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
     """One alert per client and registered domain whose names look like a tunnel or an exfiltration channel."""
-    alerts = [
-        _alert(con, item.group, item.components, item.score, item.row)
-        for item in measure(con)
-        if item.gated and item.score >= ALERT_SCORE
-    ]
+    try:
+        measured, names = _measure(con, every_domain=False)
+        chosen = [item for item in measured if item.gated and item.score >= ALERT_SCORE]
+        if names is not None:
+            _evidence(con, names, chosen)
+    finally:
+        con.execute("DROP TABLE IF EXISTS d5_client_names")  # the working copy lives in the caller's connection
+    alerts = [_alert(con, item.group, item.components, item.score, item.row) for item in chosen]
     return sorted(alerts, key=lambda alert: (-alert.score, alert.key["client_ip"], alert.key["domain"]))
 
 
