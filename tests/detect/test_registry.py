@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,6 +13,8 @@ import duckdb
 from quaywatch.detect.alert import Alert
 from quaywatch.detect.context import DetectionContext
 from quaywatch.detect.registry import build_context_views, run_detections
+from quaywatch.policy.load import load_policy
+from tests.detect.simulated_d6_d7 import analysed
 
 NOW = dt.datetime(2026, 3, 1, tzinfo=dt.UTC)
 
@@ -72,3 +76,30 @@ def test_summary_times_every_detection_that_ran_and_only_those() -> None:
     assert set(summary.seconds) == {"context", "D4.beaconing", "write"}
     assert summary.seconds["D4.beaconing"] > 0
     assert summary.to_dict()["seconds"]["D4.beaconing"] == round(summary.seconds["D4.beaconing"], 6)
+
+
+def test_workers_give_the_same_alerts_in_the_same_order(tmp_path: Path) -> None:
+    """Detections on two threads, each with a cursor of its own: the alerts equal those of one, row for row."""
+    scenarios: list[tuple[str, dict[str, Any]]] = [
+        ("sabotage", {}),
+        ("container-exfiltration", {}),
+        ("cellular-modem", {}),
+    ]
+    database = analysed(tmp_path, seed=31, duration=90, scenarios=scenarios)
+    policy = load_policy(tmp_path / "policy.yaml")[0]
+    results = []
+    for workers in (1, 2):
+        copy = tmp_path / f"workers-{workers}.duckdb"
+        shutil.copy(database, copy)
+        con = duckdb.connect(str(copy))
+        try:
+            context = DetectionContext(policy=policy, now=NOW, options={"learning_share": 0.3})
+            summary = run_detections(con, context, workers=workers)
+            rows = con.execute("SELECT * FROM alerts ORDER BY occurrence_id").fetchall()
+        finally:
+            con.close()
+        assert not summary.failed, summary.failed
+        results.append((rows, summary.alerts, sorted(summary.seconds)))
+    assert results[0] == results[1]
+    assert len(results[0][0]) >= 5 and {name.split(".")[0] for name in results[0][1] if results[0][1][name]} >= {
+        "D1", "D6", "D7", "D8"}  # fmt: skip

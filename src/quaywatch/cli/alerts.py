@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,12 @@ def _open(database: Path, read_only: bool = False) -> Store:
     default=None,
     help="D8 baseline: the first SHARE of the stored time span is the learning period (e.g. 0.2).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Detections run at once, each on a cursor of its own (default: the cores, at most 4).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def detect(
     database: Path,
@@ -123,6 +130,7 @@ def detect(
     rules_folder: Path | None,
     learning_until: str | None,
     learning_share: float | None,
+    workers: int | None,
     as_json: bool,
 ) -> None:
     """Run every detection over the database and replace their alerts."""
@@ -138,7 +146,12 @@ def detect(
             options["learning_until"] = learning_until
         if learning_share is not None:
             options["learning_share"] = learning_share
-        summary = run_detections(store, DetectionContext(policy=policy, options=options), rules_folder=rules_folder)
+        summary = run_detections(
+            store,
+            DetectionContext(policy=policy, options=options),
+            rules_folder=rules_folder,
+            workers=workers or min(len(os.sched_getaffinity(0)), 4),
+        )
     except RuleError as error:
         for problem in error.problems:
             click.echo(terminal_safe(str(problem)), err=True)

@@ -15,7 +15,11 @@ one entry to ``MODULES`` below. A module whose alerts carry other detection ids 
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import queue
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -153,14 +157,85 @@ def _connection(target: Store | duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyCon
     return target
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """One rule's or module's run: its alerts, the detection ids it ran, its time, or why it failed."""
+
+    found: list[Alert] = field(default_factory=list)
+    emitted: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def _run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, context: DetectionContext) -> _Outcome:
+    started = time.perf_counter()
+    try:
+        found = evaluate(con, rule, context.now)
+    except (duckdb.Error, RuleError) as error:
+        return _Outcome(seconds=time.perf_counter() - started, error=str(error))
+    return _Outcome(found, [rule.id], time.perf_counter() - started)
+
+
+def _run_module(con: duckdb.DuckDBPyConnection, module: ModuleType, context: DetectionContext) -> _Outcome:
+    name = str(getattr(module, "DETECTION", module.__name__))
+    started = time.perf_counter()
+    try:
+        found = list(module.detect(con, context))
+    except duckdb.Error as error:
+        return _Outcome(seconds=time.perf_counter() - started, error=str(error))
+    emitted = sorted({name, *getattr(module, "DETECTIONS", ()), *(alert.detection for alert in found)})
+    return _Outcome(found, emitted, time.perf_counter() - started)
+
+
+def _in_workers(
+    con: duckdb.DuckDBPyConnection, tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]], workers: int
+) -> list[_Outcome]:
+    """Run the tasks on ``workers`` threads, each with a cursor of its own (DuckDB runs queries without the GIL,
+    so one detection's SQL overlaps another's Python); outcomes in task order, whatever order they finish in."""
+    outcomes: list[_Outcome | None] = [None] * len(tasks)
+    pending: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for index in range(len(tasks)):
+        pending.put(index)
+
+    def work() -> None:
+        cursor = con.cursor()  # a connection of its own: the context tables are temporary, so build them there
+        try:
+            build_context_views(cursor)
+            while True:
+                try:
+                    index = pending.get_nowait()
+                except queue.Empty:
+                    return
+                outcomes[index] = tasks[index](cursor)
+        finally:
+            cursor.close()
+
+    threads = [threading.Thread(target=work, name=f"detect-{number}") for number in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
+    if missing:  # a worker died before it could build its context: run what it left on this connection
+        for index in missing:
+            outcomes[index] = tasks[index](con)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
 def run_detections(
     target: Store | duckdb.DuckDBPyConnection,
     context: DetectionContext | None = None,
     rules: list[Rule] | None = None,
     rules_folder: Path | None = None,
     modules: list[ModuleType] | None = None,
+    workers: int = 1,
 ) -> DetectionSummary:
-    """Run the rules, then the modules, over the store and replace their alerts; raises RuleError on a bad rule file."""
+    """Run the rules, then the modules, over the store and replace their alerts; raises RuleError on a bad rule file.
+
+    ``workers`` above 1 runs them on as many threads, each on a cursor of its own; the alerts are the same and come in
+    the same order. The cursors see what is committed in the database, not the caller's temporary tables or open
+    transaction: pass 1 when the data lives there.
+    """
     context = context or DetectionContext()
     con = _connection(target)
     summary = DetectionSummary(detected_at=context.now)
@@ -169,41 +244,46 @@ def run_detections(
     summary.seconds["context"] = time.perf_counter() - started
     present = relations(con)
     chosen = rules if rules is not None else load_rules(rules_folder)
-    ran: list[str] = []
-    alerts: list[Alert] = []
+    names: list[str] = []
+    tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]] = []
     for rule in chosen:
         missing = [table for table in rule.tables if table not in present]
         missing = [table for table in missing if table not in (HOST_CONTEXT, ASSET_FINDINGS)] or missing
         if missing:
             summary.skipped[rule.id] = f"no table {', '.join(missing)} in the store"
             continue
-        started = time.perf_counter()
-        try:
-            found = evaluate(con, rule, context.now)
-        except (duckdb.Error, RuleError) as error:
-            summary.failed[rule.id] = str(error)
-            continue
-        finally:
-            summary.seconds[rule.id] = time.perf_counter() - started
-        ran.append(rule.id)
-        alerts += found
+        names.append(rule.id)
+        tasks.append(functools.partial(_run_rule, rule=rule, context=context))
+    module_names: set[str] = set()
     for module in MODULES if modules is None else modules:
         name = str(getattr(module, "DETECTION", module.__name__))
+        module_names.add(name)
         missing = [table for table in getattr(module, "REQUIRES", ()) if table not in present]
         if missing:
             summary.skipped[name] = f"no table {', '.join(missing)} in the store"
             continue
-        started = time.perf_counter()
-        try:
-            found = list(module.detect(con, context))
-        except duckdb.Error as error:
-            summary.failed[name] = str(error)
+        names.append(name)
+        tasks.append(functools.partial(_run_module, module=module, context=context))
+    if workers > 1 and len(tasks) > 1:
+        # The slowest first, so that no long detection starts last: modules (statistics over every flow) before
+        # rules (one query each); the outcomes keep the task order.
+        rule_tasks = sum(1 for name in names if name not in module_names)
+        order = [*range(rule_tasks, len(tasks)), *range(rule_tasks)]
+        ran_in_order = _in_workers(con, [tasks[index] for index in order], workers)
+        outcomes: list[_Outcome] = [_Outcome()] * len(tasks)
+        for position, index in enumerate(order):
+            outcomes[index] = ran_in_order[position]
+    else:
+        outcomes = [task(con) for task in tasks]
+    ran: list[str] = []
+    alerts: list[Alert] = []
+    for name, outcome in zip(names, outcomes, strict=True):
+        summary.seconds[name] = outcome.seconds
+        if outcome.error is not None:
+            summary.failed[name] = outcome.error
             continue
-        finally:
-            summary.seconds[name] = time.perf_counter() - started
-        emitted = {name, *getattr(module, "DETECTIONS", ()), *(alert.detection for alert in found)}
-        ran += sorted(emitted)
-        alerts += found
+        ran += outcome.emitted
+        alerts += outcome.found
     started = time.perf_counter()
     write_alerts(con, ran, alerts, context.now)
     summary.seconds["write"] = time.perf_counter() - started
