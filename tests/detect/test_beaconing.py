@@ -217,3 +217,37 @@ def test_store_without_dns_or_assets(analysed: Path, tmp_path: Path) -> None:
     assert [alert.key["server_ip"] for alert in alerts] == [C2]
     assert "names" not in alerts[0].evidence.values
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("verdicts", "quiet"),
+    [
+        ("CASE WHEN server_ip = '{c2}' THEN 'external_allowed' ELSE 'violation' END", True),  # a policy conduit
+        (
+            "CASE WHEN server_ip = '{c2}' AND ts <> (SELECT max(ts) FROM flows WHERE server_ip = '{c2}') "
+            "THEN 'external_allowed' ELSE 'violation' END",
+            False,
+        ),  # one flow of the pair is not allowed
+        ("CASE WHEN server_ip = '{c2}' THEN 'allowed' ELSE 'violation' END", True),
+        ("'violation'", False),
+    ],
+    ids=["all-allowed", "one-not-allowed", "conduit", "none-allowed"],
+)
+def test_policy_allowed_conduits_stay_quiet(analysed: Path, tmp_path: Path, verdicts: str, quiet: bool) -> None:
+    """A pair all of whose flows ``flow_policy`` allows (judged only for pairs that could alert) is expected."""
+    shutil.copy(analysed, tmp_path / "q.duckdb")
+    store = Store(tmp_path / "q.duckdb")
+    con = store.connection
+    con.execute(
+        "CREATE TABLE flow_policy AS SELECT capture_id, flow_id, client_ip, server_ip, "
+        f"{verdicts.format(c2=C2)} AS verdict FROM flows"
+    )
+    if quiet:  # flows the policy evaluation never judged do not count either way
+        con.execute(
+            "DELETE FROM flow_policy WHERE flow_id IN (SELECT min(flow_id) FROM flows WHERE server_ip = ?)", [C2]
+        )
+    alerts = beaconing.detect(con, DetectionContext())
+    assert any(alert.key.get("server_ip") == C2 for alert in alerts) is not quiet
+    if quiet:  # the address is expected, so its name is what is left of the beacon: an alert by name
+        assert {"client_ip": PLC, "query_name": VENDOR_NAME} in [alert.key for alert in alerts]
+    store.close()

@@ -18,6 +18,7 @@ model instead of noise. Nothing depends on a window or on bin size: the same fit
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from numba import njit
+from numba import njit, types
 
 from quaywatch.detect.alert import ScoreComponent
 
@@ -232,35 +233,43 @@ def role_prior(context: PairContext) -> tuple[float, str]:
     return float(multipliers["external"]), "the server is outside the site (external or unknown address)"
 
 
-@njit(cache=True)
+@njit(types.float64(types.float64[:], types.float64, types.float64, types.int64), cache=True)
 def _hyperexponential_kernel(gaps: FloatArray, first_rate: float, second_rate: float, iterations: int) -> float:
-    """EM for two exponential rates; never worse than the plain Poisson fit it starts beside."""
+    """EM for two exponential rates; never worse than the plain Poisson fit it starts beside.
+
+    Per gap one exponential of the two components is exp(0) = 1 (the larger one), so only three transcendental
+    functions are evaluated per gap and iteration, without a branch; the per-iteration logarithms are taken once.
+    The same values as the textbook log-sum-exp, bit for bit.
+    """
     size = gaps.size
     mean = gaps.mean()
     poisson = 0.0
+    log_mean = math.log(mean)
     for gap in gaps:
-        poisson += -math.log(mean) - gap / mean
-    rates = np.array([first_rate, second_rate])
-    weights = np.array([0.5, 0.5])
+        poisson += -log_mean - gap / mean
+    rate_one, rate_two = first_rate, second_rate
+    weight_one, weight_two = 0.5, 0.5
     total = -np.inf
     for _ in range(iterations):
-        mass = np.zeros(2)
-        weighted = np.zeros(2)
+        mass_one = mass_two = weighted_one = weighted_two = 0.0
         total = 0.0
+        log_one = math.log(weight_one) + math.log(rate_one)
+        log_two = math.log(weight_two) + math.log(rate_two)
         for gap in gaps:
-            first = math.log(weights[0]) + math.log(rates[0]) - rates[0] * gap
-            second = math.log(weights[1]) + math.log(rates[1]) - rates[1] * gap
-            peak = max(first, second)
-            both = peak + math.log(math.exp(first - peak) + math.exp(second - peak))
+            first = log_one - rate_one * gap
+            second = log_two - rate_two * gap
+            peak, low = max(first, second), min(first, second)
+            both = peak + math.log(1.0 + math.exp(low - peak))
             total += both
             share = math.exp(first - both)
-            mass[0] += share
-            mass[1] += 1 - share
-            weighted[0] += share * gap
-            weighted[1] += (1 - share) * gap
-        for part in range(2):
-            weights[part] = min(max((mass[part] + 1e-12) / size, 1e-6), 1.0)
-            rates[part] = (mass[part] + 1e-12) / (weighted[part] + 1e-12)
+            mass_one += share
+            mass_two += 1 - share
+            weighted_one += share * gap
+            weighted_two += (1 - share) * gap
+        weight_one = min(max((mass_one + 1e-12) / size, 1e-6), 1.0)
+        rate_one = (mass_one + 1e-12) / (weighted_one + 1e-12)
+        weight_two = min(max((mass_two + 1e-12) / size, 1e-6), 1.0)
+        rate_two = (mass_two + 1e-12) / (weighted_two + 1e-12)
     return max(poisson, total)
 
 
@@ -300,8 +309,15 @@ def _candidates(gaps: FloatArray, timestamps: FloatArray) -> FloatArray:
     counts, edges = np.histogram(logs, bins=min(60, max(10, gaps.size // 4)), range=(logs.min(), logs.min() + spread))
     peak = int(np.argmax(counts))
     mode = float(np.exp((edges[peak] + edges[peak + 1]) / 2))
+    return _kept_candidates(median, quantiles, mode, float(np.quantile(gaps, 0.05)), timestamps)
+
+
+def _kept_candidates(
+    median: float, quantiles: list[float], mode: float, fifth: float, timestamps: FloatArray
+) -> FloatArray:
+    """The candidates within [half the 5 % gap quantile, 1.5 medians], dropping any within 5 % of a smaller one."""
     values = [*quantiles, mode, median / 2, *_autocorrelation_periods(timestamps, median)]
-    low, high = float(np.quantile(gaps, 0.05)) * 0.5, median * 1.5
+    low, high = fifth * 0.5, median * 1.5
     kept: list[float] = []
     for value in sorted(v for v in values if low <= v <= high and v > 0):
         if not kept or value > kept[-1] * 1.05:
@@ -309,7 +325,12 @@ def _candidates(gaps: FloatArray, timestamps: FloatArray) -> FloatArray:
     return np.array(kept or [median])
 
 
-@njit(cache=True)
+@njit(
+    types.UniTuple(types.float64, 5)(
+        types.float64[:], types.float64, types.float64, types.float64, types.float64, types.int64, types.int64
+    ),
+    cache=True,
+)
 def _clock_kernel(
     gaps: FloatArray, period: float, sigma: float, hit: float, outage: float, iterations: int, largest: int
 ) -> tuple[float, float, float, float, float]:
@@ -451,12 +472,26 @@ def beacon_score(timestamps: FloatArray, sizes: FloatArray, context: PairContext
         return BeaconScore(0.0, eligible=False, values={"connections": float(timestamps.size)})
     recent = timestamps[-(gaps.size + 1) :]
     fit = _fit_period(gaps, recent)
+    size_regularity = _size_regularity(sizes[-(gaps.size + 1) :])
+    median_bytes = float(np.median(sizes))
+    return _result(gaps, fit, _hyperexponential_loglik(gaps), size_regularity, median_bytes, timestamps.size, context)
+
+
+def _result(
+    gaps: FloatArray,
+    fit: dict[str, float],
+    hyperexponential: float,
+    size_regularity: float,
+    median_bytes: float,
+    connections: int,
+    context: PairContext | None,
+) -> BeaconScore:
+    """The score and its explained components from the fitted clock and the rival's log-likelihood."""
     # The clock has one parameter more than the hyperexponential (period, spread, hit rate, outage share against two
     # rates and a weight): charge it the BIC price, so few gaps of random traffic cannot pass for a clock.
-    evidence = fit["loglik"] - _hyperexponential_loglik(gaps) - 0.5 * math.log(gaps.size)
+    evidence = fit["loglik"] - hyperexponential - 0.5 * math.log(gaps.size)
     periodicity = 1 - math.exp(-max(evidence, 0.0) / EVIDENCE_SCALE)
     period, jitter, missed = fit["period"], fit["jitter"], fit["missed_beats"]
-    size_regularity = _size_regularity(sizes[-(gaps.size + 1) :])
     # Persistence: a clock ticks through the whole observation; sessions leave most of it silent. Time spent in
     # pauses longer than MAX_MULTIPLE periods is the silent share.
     pauses = gaps[gaps > (MAX_MULTIPLE + 0.5) * period]
@@ -486,7 +521,7 @@ def beacon_score(timestamps: FloatArray, sizes: FloatArray, context: PairContext
             round(size_regularity, 3),
             WEIGHTS["size_regularity"],
             f"{size_regularity * 100:.0f}% of connections carry one or two recurring sizes "
-            f"(median {float(np.median(sizes)):.0f} B to the server).",
+            f"(median {median_bytes:.0f} B to the server).",
         ),
         ScoreComponent(
             "persistence",
@@ -502,11 +537,263 @@ def beacon_score(timestamps: FloatArray, sizes: FloatArray, context: PairContext
         "jitter": jitter,
         "missed_beats": missed,
         "evidence_nats": evidence,
-        "connections": float(timestamps.size),
+        "connections": float(connections),
         "periodicity": periodicity,
         "size_regularity": size_regularity,
         "persistence": persistence,
         "role_prior": prior,
-        "median_bytes": float(np.median(sizes)),
+        "median_bytes": median_bytes,
     }
     return BeaconScore(round(score, 4), components, values)
+
+
+# -- ours, many series at once -----------------------------------------------------------------------------------------
+#
+# beacon_scores() gives exactly what beacon_score() gives for each series (tests/detect/test_beacon_score.py checks
+# it value for value), with the per-series numpy calls replaced by compiled passes over all series: the gap filter,
+# the gap medians and quantiles (numpy's "linear" method, order statistics of the sorted gaps), the log-gap histogram
+# (numpy's binning, edges as numpy.linspace makes them), the EM fits of every candidate and the hyperexponential, and
+# the size regularity. Logarithms and exponentials that beacon_score takes with numpy (log-gaps, the mode) are taken
+# with numpy here too, over all series at once: numpy's and the C library's results may differ in the last bit.
+
+_GAP_QUANTILES = np.array([0.1, 0.25, 0.4, 0.5, 0.6, 0.05, 0.9])  # the candidates', then the bounds' and the rates'
+_INELIGIBLE_FEW_CONNECTIONS, _INELIGIBLE_FEW_GAPS = 1, 2
+
+
+@njit(cache=True)
+def _sorted_median(values: FloatArray) -> float:
+    """numpy.median of ascending ``values``."""
+    half = values.size // 2
+    if values.size % 2:
+        return float(values[half])
+    return float((values[half - 1] + values[half]) / 2.0)
+
+
+@njit(cache=True)
+def _sorted_quantile(values: FloatArray, quantile: float) -> float:
+    """numpy.quantile (method "linear") of ascending ``values``."""
+    virtual = (values.size - 1) * quantile
+    if virtual >= values.size - 1:
+        return float(values[values.size - 1])
+    previous = math.floor(virtual)
+    gamma = virtual - previous
+    low, high = values[int(previous)], values[int(previous) + 1]
+    difference = high - low
+    if gamma >= 0.5:
+        return float(high - difference * (1 - gamma))
+    return float(low + difference * gamma)
+
+
+@njit(
+    types.Tuple((types.float64[:], types.int64[:, :], types.float64[:, :], types.int64[:]))(
+        types.float64[:], types.int64[:], types.float64[:]
+    ),
+    cache=True,
+)
+def _gap_stats(
+    timestamps: FloatArray, offsets: np.ndarray[Any, Any], quantiles: FloatArray
+) -> tuple[FloatArray, np.ndarray[Any, Any], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Per series: its kept gaps (into one array, ``bounds``), their median and ``quantiles``, and why it is not
+    scored (0: it is)."""
+    count = offsets.size - 1
+    buffer = np.empty(max(timestamps.size - 1, 0))
+    bounds = np.zeros((count, 2), np.int64)
+    stats = np.zeros((count, quantiles.size + 1))
+    status = np.zeros(count, np.int64)
+    used = 0
+    for series in range(count):
+        start, end = offsets[series], offsets[series + 1]
+        bounds[series, 0] = bounds[series, 1] = used
+        if end - start < MIN_CONNECTIONS:
+            status[series] = _INELIGIBLE_FEW_CONNECTIONS
+            continue
+        raw = timestamps[start + 1 : end] - timestamps[start : end - 1]
+        threshold = max(1e-3, SAME_BEAT * _sorted_median(np.sort(raw)))
+        kept = 0
+        for gap in raw:
+            if gap > threshold:
+                kept += 1
+        if min(kept, MAX_GAPS) < MIN_CONNECTIONS - 1:
+            status[series] = _INELIGIBLE_FEW_GAPS
+            continue
+        skip, seen, position = max(kept - MAX_GAPS, 0), 0, used
+        for gap in raw:
+            if gap > threshold:
+                if seen >= skip:
+                    buffer[position] = gap
+                    position += 1
+                seen += 1
+        bounds[series, 1] = position
+        ordered = np.sort(buffer[used:position])
+        stats[series, 0] = _sorted_median(ordered)
+        for index in range(quantiles.size):
+            stats[series, index + 1] = _sorted_quantile(ordered, quantiles[index])
+        used = position
+    return buffer[:used], bounds, stats, status
+
+
+@njit(types.float64[:](types.float64[:], types.int64[:, :], types.int64[:]), cache=True)
+def _log_gap_modes(logs: FloatArray, bounds: np.ndarray[Any, Any], status: np.ndarray[Any, Any]) -> FloatArray:
+    """Per series: the centre of the fullest bin of numpy.histogram(log gaps), as _candidates bins them."""
+    middles = np.zeros(bounds.shape[0])
+    for series in range(bounds.shape[0]):
+        if status[series]:
+            continue
+        values = logs[bounds[series, 0] : bounds[series, 1]]
+        first = values.min()
+        last = first + max(values.max() - first, 1e-6)
+        bins = min(60, max(10, values.size // 4))
+        delta = last - first
+        step = delta / bins
+        edges = np.empty(bins + 1)
+        for index in range(bins):
+            edges[index] = index / bins * delta + first if step == 0 else index * step + first
+        edges[bins] = last
+        counts = np.zeros(bins, np.int64)
+        for value in values:
+            if not (value >= first and value <= last):
+                continue
+            index = int((value - first) / delta * bins)
+            if index == bins:
+                index -= 1
+            if value < edges[index]:
+                index -= 1
+            if value >= edges[index + 1] and index != bins - 1:
+                index += 1
+            counts[index] += 1
+        peak = np.argmax(counts)
+        middles[series] = (edges[peak] + edges[peak + 1]) / 2
+    return middles
+
+
+@njit(
+    types.float64[:, :](
+        types.float64[:], types.int64[:, :], types.int64[:], types.float64[:], types.int64[:], types.float64[:, :]
+    ),
+    cache=True,
+)
+def _fits(
+    gaps: FloatArray,
+    bounds: np.ndarray[Any, Any],
+    status: np.ndarray[Any, Any],
+    candidates: FloatArray,
+    candidate_offsets: np.ndarray[Any, Any],
+    rates: np.ndarray[Any, Any],
+) -> np.ndarray[Any, Any]:
+    """_fit_period and the hyperexponential of every series: (loglik, period, sigma, hit rate, rival loglik)."""
+    results = np.full((bounds.shape[0], 5), np.nan)
+    for series in range(bounds.shape[0]):
+        if status[series]:
+            continue
+        values = gaps[bounds[series, 0] : bounds[series, 1]]
+        first, last = candidate_offsets[series], candidate_offsets[series + 1]
+        starts = np.empty((last - first, 5))
+        for index in range(last - first):
+            period = candidates[first + index]
+            starts[index, :] = _clock_kernel(values, period, 0.1 * period, 0.8, 0.05, SCREEN_ITERATIONS, MAX_MULTIPLE)
+        # The two most likely starts, ties in candidate order (a stable sort, most likely first).
+        top = np.full(2, -1, np.int64)
+        for rank in range(min(2, last - first)):
+            for index in range(last - first):
+                if index == top[0]:
+                    continue
+                if top[rank] < 0 or starts[index, 0] > starts[top[rank], 0]:
+                    top[rank] = index
+        best = np.full(5, np.nan)
+        fallback = np.full(5, np.nan)
+        have_best = have_fallback = False
+        for rank in range(min(2, last - first)):
+            start = starts[top[rank]]
+            fit = _clock_kernel(values, start[1], start[2], start[3], start[4], EM_ITERATIONS, MAX_MULTIPLE)
+            if not have_fallback or fit[0] > fallback[0]:
+                fallback[:] = fit
+                have_fallback = True
+            # More than half the beats missed: a sub-multiple of the period, not the period.
+            if fit[3] >= 0.5 and (not have_best or fit[0] > best[0]):
+                best[:] = fit
+                have_best = True
+        results[series, :4] = (best if have_best else fallback)[:4]
+        results[series, 4] = _hyperexponential_kernel(values, rates[series, 0], rates[series, 1], EM_ITERATIONS)
+    return results
+
+
+@njit(cache=True)
+def _size_regularity_kernel(sizes: FloatArray) -> float:
+    """_size_regularity."""
+    if sizes.size == 0:
+        return 0.0
+    median = _sorted_median(np.sort(sizes))
+    near = np.abs(sizes - median) <= max(0.15 * median, 32.0)
+    rest = sizes[~near]
+    if rest.size:
+        second = _sorted_median(np.sort(rest))
+        near |= np.abs(sizes - second) <= max(0.15 * second, 32.0)
+        return near.sum() / near.size * (0.9 if rest.size > 0.1 * sizes.size else 1.0)
+    return near.sum() / near.size
+
+
+@njit(types.float64[:, :](types.float64[:], types.int64[:], types.int64[:, :], types.int64[:]), cache=True)
+def _size_stats(
+    sizes: FloatArray, offsets: np.ndarray[Any, Any], bounds: np.ndarray[Any, Any], status: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """Per series: (size regularity of the sizes of its kept gaps' connections, median of all its sizes)."""
+    results = np.zeros((bounds.shape[0], 2))
+    for series in range(bounds.shape[0]):
+        if status[series]:
+            continue
+        end = offsets[series + 1]
+        kept = bounds[series, 1] - bounds[series, 0]
+        results[series, 0] = _size_regularity_kernel(sizes[end - (kept + 1) : end])
+        results[series, 1] = _sorted_median(np.sort(sizes[offsets[series] : end]))
+    return results
+
+
+def beacon_scores(
+    timestamps: FloatArray,
+    sizes: FloatArray,
+    offsets: np.ndarray[Any, Any],
+    contexts: Sequence[PairContext | None],
+) -> list[BeaconScore]:
+    """:func:`beacon_score` of every series ``timestamps[offsets[i]:offsets[i + 1]]`` (with its sizes and
+    ``contexts[i]``), computed for all series at once; equal, value for value, to one call per series."""
+    timestamps = np.ascontiguousarray(timestamps, dtype=np.float64)
+    sizes = np.ascontiguousarray(sizes, dtype=np.float64)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    count = offsets.size - 1
+    series_of = np.repeat(np.arange(count), np.diff(offsets))
+    backwards = (np.diff(timestamps) < 0) & (series_of[1:] == series_of[:-1])
+    if backwards.any() or np.isnan(timestamps).any():  # each series in time order, as beacon_score sorts it
+        order = np.lexsort((timestamps, series_of))
+        timestamps, sizes = timestamps[order], sizes[order]
+    gaps, bounds, stats, status = _gap_stats(timestamps, offsets, _GAP_QUANTILES)
+    modes = np.exp(_log_gap_modes(np.log(gaps), bounds, status))
+    candidates: list[FloatArray] = []
+    for series in range(count):
+        if status[series]:
+            candidates.append(np.empty(0))
+            continue
+        end, kept = int(offsets[series + 1]), int(bounds[series, 1] - bounds[series, 0])
+        median, quantiles = float(stats[series, 0]), stats[series, 1:6].tolist()
+        recent = timestamps[end - (kept + 1) : end]
+        candidates.append(_kept_candidates(median, quantiles, float(modes[series]), float(stats[series, 6]), recent))
+    candidate_offsets = np.concatenate([[0], np.cumsum([part.size for part in candidates])]).astype(np.int64)
+    rates = 1 / np.maximum(stats[:, [2, 7]], 1e-6)  # the hyperexponential starts at the 25 % and 90 % gap quantiles
+    fits = _fits(gaps, bounds, status, np.concatenate([np.empty(0), *candidates]), candidate_offsets, rates)
+    size_stats = _size_stats(sizes, offsets, bounds, status)
+    results: list[BeaconScore] = []
+    for series, context in enumerate(contexts):
+        connections = int(offsets[series + 1] - offsets[series])
+        if status[series]:
+            results.append(BeaconScore(0.0, eligible=False, values={"connections": float(connections)}))
+            continue
+        loglik, period, sigma, hit, rival = (float(value) for value in fits[series])
+        fit = {
+            "loglik": loglik,
+            "period": period,
+            "jitter": float(math.sqrt(3) * sigma / period),
+            "missed_beats": float(1 - hit),
+        }
+        part = gaps[bounds[series, 0] : bounds[series, 1]]
+        regularity, median_bytes = float(size_stats[series, 0]), float(size_stats[series, 1])
+        results.append(_result(part, fit, rival, regularity, median_bytes, connections, context))
+    return results

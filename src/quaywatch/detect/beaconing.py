@@ -8,8 +8,13 @@ beats, the size regularity and the asset-role prior. The prior needs to know wha
 engine's ``host_context`` when present, else ``assets`` and ``host_zones``, else the site policy's zones, else
 only whether an address is private; every one of those may be missing.
 
-The pre-filter (pairs with at least ``MIN_CONNECTIONS`` distinct timestamps) is one DuckDB query; only the
-surviving pairs reach the Python loop, and each costs at most ``MAX_GAPS`` gaps of arithmetic.
+Only pairs that can alert are read row by row. The score never exceeds the prior, so the pairs (one DuckDB
+``GROUP BY`` with at least ``MIN_CONNECTIONS`` rows) whose prior is below the alert score are dropped first, and the
+policy's verdicts (``flow_policy``, which can lower the prior) are asked about the rest only. The survivors' times and
+sizes come as numpy arrays; those with at least ``MIN_CONNECTIONS`` distinct times are scored in one batch
+(:func:`quaywatch.detect.beacon_score.beacon_scores`, equal to ``beacon_score`` per pair, at most ``MAX_GAPS`` gaps
+each), and only the first ``EVIDENCE_FLOWS`` rows of each alert have their capture and flow ids read (by row id).
+A pair's rows are in time order; equal times are in packet order.
 """
 
 from __future__ import annotations
@@ -29,10 +34,11 @@ from quaywatch.detect.beacon_score import (
     MIN_CONNECTIONS,
     BeaconScore,
     PairContext,
-    beacon_score,
+    beacon_scores,
     never_outward_roles,
     role_prior,
 )
+from quaywatch.policy.evaluate import OT_PURDUE_MAX, zone_of
 
 if TYPE_CHECKING:
     import duckdb
@@ -53,44 +59,70 @@ EVIDENCE_FLOWS = 50
 #: Names that are not destinations: local name services and reverse lookups (RFC 6762, RFC 6761, RFC 1035 3.5).
 LOCAL_NAME_SUFFIXES = (".local", ".arpa", ".localhost", ".home.arpa", ".lan", ".internal")
 
-# Flows in three steps, so that the million-row sort carries numbers only: the eligible pairs, their series (pair,
-# time, size), and the evidence columns of the pairs that score as beacons.
+# Three small steps, so that only pairs that can alert are read row by row: the eligible pairs (a few hundred rows),
+# the policy verdicts of the pairs whose prior can reach the alert score, then the rows of the pairs still in
+# ``beacon_pairs`` (numbers to numpy; the text stays in Arrow until an alert needs its evidence). Rows of one pair are
+# in time order, equal times (one beacon opening two sockets in one microsecond) in packet order.
 _FLOW_PAIRS = """
 SELECT row_number() OVER (ORDER BY client_ip, server_ip, server_port, transport) AS pair, * FROM (
-    SELECT client_ip, server_ip, server_port, transport FROM flows GROUP BY ALL HAVING count(DISTINCT ts) >= ?
+    SELECT client_ip, server_ip, server_port, transport FROM flows GROUP BY ALL HAVING count(*) >= ?
 )
-ORDER BY pair
 """
-_FLOW_SERIES = """
-SELECT p.pair, epoch_us(f.ts) AS us, f.bytes_to_server AS size
+_FLOW_ROWS = """
+SELECT p.pair, epoch_us(f.ts) AS us, coalesce(f.bytes_to_server, 0) AS size, coalesce(f.first_packet, 0) AS packet,
+       {text}
 FROM flows AS f JOIN beacon_pairs AS p USING (client_ip, server_ip, server_port, transport)
-ORDER BY pair, us
 """
-_FLOW_EVIDENCE = """
-SELECT p.pair, epoch_us(f.ts) AS us, f.flow_id, coalesce(f.community_id, '') AS community_id, f.capture_id,
-       f.first_packet AS packet
-FROM flows AS f JOIN beacon_pairs AS p USING (client_ip, server_ip, server_port, transport)
-WHERE p.pair IN (SELECT unnest(?::BIGINT[]))
-ORDER BY pair, us
+_FLOW_TEXT = "f.flow_id, f.capture_id"
+_FLOW_COMMUNITY = "coalesce(f.community_id, '') AS community_id"
+# The policy verdicts: first the (client, server) ends of ``beacon_pairs`` with any allowed flow (``flow_policy``
+# carries each flow's own ends, so one scan without a join), then, for the pairs between those ends only, whether the
+# policy allows every flow of the (client, server, port).
+_ALLOWED_VERDICTS = "('allowed', 'intra_zone', 'external_allowed')"
+_ALLOWED_ENDS = f"""
+SELECT DISTINCT client_ip, server_ip FROM flow_policy
+SEMI JOIN (SELECT DISTINCT client_ip, server_ip FROM beacon_pairs) USING (client_ip, server_ip)
+WHERE verdict IN {_ALLOWED_VERDICTS}
+"""
+_ALLOWED = f"""
+WITH ends AS (SELECT unnest(?::VARCHAR[]) AS client_ip, unnest(?::VARCHAR[]) AS server_ip)
+SELECT f.client_ip, f.server_ip, f.server_port
+FROM (
+    SELECT * FROM flows SEMI JOIN (
+        SELECT DISTINCT client_ip, server_ip, server_port FROM beacon_pairs SEMI JOIN ends USING (client_ip, server_ip)
+    ) USING (client_ip, server_ip, server_port)
+) AS f
+JOIN (SELECT * FROM flow_policy SEMI JOIN ends USING (client_ip, server_ip)) AS p USING (capture_id, flow_id)
+GROUP BY ALL HAVING bool_and(p.verdict IN {_ALLOWED_VERDICTS})
+"""
+#: The same where flow_policy carries each flow's server port (policy evaluations since it does): no join.
+_ALLOWED_BY_PORT = f"""
+SELECT client_ip, server_ip, server_port FROM flow_policy
+SEMI JOIN (SELECT DISTINCT client_ip, server_ip, server_port FROM beacon_pairs)
+    USING (client_ip, server_ip, server_port)
+GROUP BY ALL HAVING bool_and(verdict IN {_ALLOWED_VERDICTS})
 """
 
-_DNS_QUERY = """
-WITH queries AS (
-    SELECT client_ip, lower(query_name) AS name, ts, coalesce(message_length, 0) AS size, flow_id, community_id,
-           capture_id, packet_number
-    FROM dns WHERE event_type = 'query' AND query_name IS NOT NULL AND client_ip IS NOT NULL
-),
-eligible AS (
-    SELECT *, row_number() OVER (ORDER BY client_ip, name) AS pair FROM (
-        SELECT client_ip, name FROM queries GROUP BY ALL HAVING count(DISTINCT ts) >= ?
-    )
-)
-SELECT eligible.pair, q.client_ip, q.name, epoch_us(q.ts) AS us, q.size,
-       coalesce(q.flow_id, '') AS flow_id, coalesce(q.community_id, '') AS community_id, q.capture_id,
-       coalesce(q.packet_number, -1) AS packet
-FROM queries AS q JOIN eligible USING (client_ip, name)
-ORDER BY pair, us
+_DNS_QUERIES = """
+SELECT client_ip, lower(query_name) AS name, ts, coalesce(message_length, 0) AS size,
+       coalesce(packet_number, -1) AS packet, {text}
+FROM dns AS q WHERE event_type = 'query' AND query_name IS NOT NULL AND client_ip IS NOT NULL
 """
+_DNS_TEXT = "coalesce(q.flow_id, '') AS flow_id, q.capture_id"
+_DNS_COMMUNITY = "coalesce(q.community_id, '') AS community_id"
+_DNS_PAIRS = """
+SELECT row_number() OVER (ORDER BY client_ip, name) AS pair, * FROM (
+    SELECT client_ip, lower(query_name) AS name FROM dns
+    WHERE event_type = 'query' AND query_name IS NOT NULL AND client_ip IS NOT NULL
+    GROUP BY ALL HAVING count(*) >= ?
+)
+"""
+_DNS_ROWS = (
+    "SELECT p.pair, epoch_us(q.ts) AS us, q.size, q.packet, q.* EXCLUDE (client_ip, name, ts, size, packet) "
+    "FROM ({queries}) AS q JOIN beacon_names AS p USING (client_ip, name)"
+)
+# The text of given rows of a table (by DuckDB row id), for evidence: read for the few rows that become evidence only.
+_TEXT_BY_ROW = "SELECT rowid AS row_id, {text} FROM {table} AS {alias} WHERE rowid IN (SELECT unnest(?::BIGINT[]))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +182,6 @@ def _hosts(
     for ip in wanted:
         _, role, zone, ot, asset_id = known.get(ip, (ip, None, None, None, None))
         if zone is None and policy is not None and policy.zones:
-            from quaywatch.policy.evaluate import OT_PURDUE_MAX, zone_of
-
             match = zone_of(policy, ip)
             zone = match.zone
             ot = match.purdue is not None and match.purdue <= OT_PURDUE_MAX
@@ -163,11 +193,16 @@ def _hosts(
 
 
 def _allowed_pairs(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str, int]]:
-    """(client, server, port) pairs all of whose flows the policy allows: a conduit or an approved destination."""
-    rows = con.execute(
-        "SELECT f.client_ip, f.server_ip, f.server_port FROM flows f JOIN flow_policy p USING (capture_id, flow_id) "
-        "GROUP BY ALL HAVING bool_and(p.verdict IN ('allowed', 'intra_zone', 'external_allowed'))"
-    ).fetchall()
+    """(client, server, port) pairs of ``beacon_pairs`` all of whose flows the policy allows: a conduit or an
+    approved destination."""
+    columns = {str(row[0]) for row in con.execute("SELECT column_name FROM (DESCRIBE flow_policy)").fetchall()}
+    if "server_port" in columns:
+        rows = con.execute(_ALLOWED_BY_PORT).fetchall()
+        return {(str(client), str(server), int(port)) for client, server, port in rows}
+    ends = con.execute(_ALLOWED_ENDS).fetchall()
+    if not ends:
+        return set()
+    rows = con.execute(_ALLOWED, [[client for client, _ in ends], [server for _, server in ends]]).fetchall()
     return {(str(client), str(server), int(port)) for client, server, port in rows}
 
 
@@ -228,54 +263,112 @@ def _groups(table: dict[str, Any]) -> list[slice]:
     return [slice(int(start), int(end)) for start, end in itertools.pairwise(bounds)]
 
 
-class _Strings:
-    """A text column kept in Arrow: only the slices of pairs that become alerts turn into Python objects.
+_TEXT_COLUMNS = ("capture_id", "flow_id", "community_id")
+_BY_ROW = ("capture_id", "flow_id")  # read by row id for the evidence rows; Community IDs repeat, so come with the rows
 
-    A million flows' identifiers as Python strings cost seconds; nearly all of them belong to pairs that score
-    nothing.
+
+class _Rows:
+    """The rows of the pairs a query selects: numbers as numpy arrays in row order (pair, then time, then packet
+    number); text stays in Arrow, and only the evidence rows of alerts become Python objects.
+
+    With ``text_query`` (a table, not a view), the query returns DuckDB row ids instead of capture and flow ids, and
+    those are read by row id for the evidence rows only (:meth:`load`): a few thousand rows instead of every row.
     """
 
-    def __init__(self, array: pa.Array) -> None:
-        self.array = array
+    def __init__(self, con: duckdb.DuckDBPyConnection, query: str, text_query: str | None = None) -> None:
+        table = con.sql(query).to_arrow_table()
+        column = {name: table.column(name).combine_chunks() for name in table.column_names}
+        numbers = {name: pc.fill_null(column[name], 0).to_numpy(zero_copy_only=False) for name in ("pair", "size")}
+        packet = pc.fill_null(column["packet"], 0).to_numpy(zero_copy_only=False)
+        us = column["us"]
+        last = np.iinfo(np.int64).max  # a row without a time sorts last, and counts as time 0
+        self.order = np.lexsort((packet, pc.fill_null(us, last).to_numpy(zero_copy_only=False), numbers["pair"]))
+        self.pair = numbers["pair"][self.order]
+        self.us = pc.fill_null(us, 0).to_numpy(zero_copy_only=False)[self.order]
+        self.size = numbers["size"][self.order].astype(np.float64)
+        self.packet = packet[self.order]
+        timed = pc.is_valid(us).to_numpy(zero_copy_only=False)[self.order]
+        fresh = np.ones(self.pair.size, dtype=bool)  # the first row of its pair or time
+        fresh[1:] = (self.pair[1:] != self.pair[:-1]) | (self.us[1:] != self.us[:-1])
+        starts = np.flatnonzero(np.concatenate([[True], self.pair[1:] != self.pair[:-1]])) if self.pair.size else ()
+        bounds = [*(int(start) for start in starts), int(self.pair.size)]
+        self.spans = {int(self.pair[start]): slice(start, end) for start, end in itertools.pairwise(bounds)}
+        #: Distinct times per pair (rows without a time do not count).
+        self.times = {int(self.pair[part.start]): int((fresh & timed)[part].sum()) for part in self.spans.values()}
+        self.con, self.text_query = con, text_query
+        self.text = {name: column[name] for name in _TEXT_COLUMNS if name in column}  # in fetch order
+        self.row_ids = column["row_id"].to_numpy(zero_copy_only=False)[self.order] if text_query else None
+        self.loaded = np.empty(0, np.int64)  # row ids whose _BY_ROW text is in self.by_row, ascending
+        self.by_row: dict[str, pa.Array] = {}
 
-    def __getitem__(self, part: slice) -> list[Any]:
-        return self.array[part].to_pylist()
+    def load(self, parts: list[slice]) -> None:
+        """Read the capture and flow ids of these rows by row id, if not read yet (one query for all of them)."""
+        if self.text_query is None or self.row_ids is None:
+            return
+        wanted = np.unique(np.concatenate([np.empty(0, np.int64), *(self.row_ids[part] for part in parts)]))
+        wanted = wanted[~np.isin(wanted, self.loaded)] if self.loaded.size else wanted
+        if not wanted.size:
+            return
+        table = self.con.sql(self.text_query, params=[wanted.tolist()]).to_arrow_table()
+        rows = np.concatenate([self.loaded, table.column("row_id").to_numpy(zero_copy_only=False)])
+        order = np.argsort(rows, kind="stable")
+        self.loaded = rows[order]
+        for name in _BY_ROW:
+            fetched = table.column(name).combine_chunks()
+            both = [self.by_row[name], fetched] if name in self.by_row else [fetched]
+            self.by_row[name] = pa.concat_arrays(both).take(pa.array(order))
 
-    def first(self, part: slice) -> Any:
-        return self.at(part.start)
+    def first(self, part: slice) -> slice:
+        """The rows of the pair's evidence events."""
+        return slice(part.start, min(part.stop, part.start + EVIDENCE_FLOWS))
 
-    def at(self, index: int) -> Any:
-        return self.array[index].as_py()
+    def _text(self, name: str, part: slice) -> list[Any]:
+        if name in self.text or self.row_ids is None:
+            return self.text[name].take(pa.array(self.order[part])).to_pylist()
+        rows = self.row_ids[part]
+        positions = np.searchsorted(self.loaded, rows)
+        if not ((positions < self.loaded.size).all() and (self.loaded[positions] == rows).all()):
+            self.load([part])
+            positions = np.searchsorted(self.loaded, rows)
+        return self.by_row[name].take(pa.array(positions)).to_pylist()
 
-    def distinct(self) -> list[Any]:
-        return pc.unique(self.array).to_pylist()
+    def evidence(self, part: slice) -> dict[str, Any]:
+        """The pair's first EVIDENCE_FLOWS events, and its first EVIDENCE_FLOWS distinct flow ids and Community IDs."""
+        first = self.first(part)
+        events = [
+            {"capture": capture, "packet": int(packet), "flow": flow}
+            for capture, packet, flow in zip(
+                self._text("capture_id", first), self.packet[first], self._text("flow_id", first), strict=True
+            )
+        ]
+        found: dict[str, Any] = {"events": events}
+        for name, key in (("flow_id", "flow_ids"), ("community_id", "community_ids")):
+            values = [str(value) for value in dict.fromkeys(self._text(name, first)) if value]
+            if len(values) < EVIDENCE_FLOWS and first.stop < part.stop:  # ids repeat: the distinct ones go further
+                values = [str(value) for value in dict.fromkeys(self._text(name, part)) if value]
+            found[key] = values[:EVIDENCE_FLOWS]
+        return found
 
 
-def _fetch(con: duckdb.DuckDBPyConnection, query: str, parameters: list[Any] | None = None) -> dict[str, Any]:
-    """Numbers as numpy arrays, text as :class:`_Strings`."""
-    table = con.sql(query, params=[MIN_CONNECTIONS] if parameters is None else parameters).to_arrow_table()
-    columns: dict[str, Any] = {}
-    for name, column in zip(table.column_names, table.columns, strict=True):
-        array = column.combine_chunks()
-        if pa.types.is_string(array.type) or pa.types.is_large_string(array.type):
-            columns[name] = _Strings(array)
-        else:
-            columns[name] = np.asarray(pc.fill_null(array, 0).to_numpy(zero_copy_only=False))
-    return columns
+def _rows(con: duckdb.DuckDBPyConnection, table: str, query: str, text: str, community: str, alias: str) -> _Rows:
+    """The rows ``query`` selects; with row ids (capture and flow ids read later) when ``table`` is not a view."""
+    tables = {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    views = {str(row[0]) for row in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    if table in tables and table not in views:
+        text_query = _TEXT_BY_ROW.format(text=text, table=table, alias=alias)
+        return _Rows(con, query.format(text=f"{community}, {alias}.rowid AS row_id"), text_query)
+    return _Rows(con, query.format(text=f"{community}, {text}"))
 
 
-def _evidence(rows: dict[str, Any], part: slice, result: BeaconScore, table: str) -> Evidence:
-    flow_ids = list(dict.fromkeys(str(value) for value in rows["flow_id"][part] if value))[:EVIDENCE_FLOWS]
-    community_ids = list(dict.fromkeys(str(value) for value in rows["community_id"][part] if value))[:EVIDENCE_FLOWS]
-    packets = [int(value) for value in rows["packet"][part][:EVIDENCE_FLOWS] if value >= 0]
+def _evidence(found: dict[str, Any], result: BeaconScore, table: str) -> Evidence:
     events = [
-        EventReference(table, str(capture), int(packet) if packet >= 0 else None, str(flow) if flow else None)
-        for capture, packet, flow in zip(
-            rows["capture_id"][part][:EVIDENCE_FLOWS],
-            rows["packet"][part][:EVIDENCE_FLOWS],
-            rows["flow_id"][part][:EVIDENCE_FLOWS],
-            strict=True,
+        EventReference(
+            table,
+            str(event["capture"]),
+            int(event["packet"]) if event["packet"] >= 0 else None,
+            str(event["flow"]) if event["flow"] else None,
         )
+        for event in found["events"]
     ]
     values = {
         "period_seconds": round(result.values["period_seconds"], 3),
@@ -288,8 +381,13 @@ def _evidence(rows: dict[str, Any], part: slice, result: BeaconScore, table: str
         "evidence_nats": round(result.values["evidence_nats"], 2),
         "role_prior": result.values["role_prior"],
     }
-    return Evidence(flow_ids=flow_ids, community_ids=community_ids, events=events, packet_numbers=packets,
-                    values=values)  # fmt: skip
+    return Evidence(
+        flow_ids=found["flow_ids"],
+        community_ids=found["community_ids"],
+        events=events,
+        packet_numbers=[int(event["packet"]) for event in found["events"] if event["packet"] >= 0],
+        values=values,
+    )
 
 
 def _timestamp(microseconds: int) -> dt.datetime:
@@ -297,17 +395,16 @@ def _timestamp(microseconds: int) -> dt.datetime:
 
 
 def _alert(
-    rows: dict[str, Any],
-    part: slice,
+    microseconds: np.ndarray[Any, Any],
+    found: dict[str, Any],
     result: BeaconScore,
     context: PairContext,
     key: dict[str, str],
     destination: str,
     hosts: list[Host],
     table: str,
-    evidence: tuple[dict[str, Any], slice] | None = None,
 ) -> Alert:
-    """``rows[part]``: the pair's series; ``evidence``: where its evidence columns are, when not in ``rows``."""
+    """``microseconds``: the pair's series times in row order; ``found``: its evidence (see _Rows.evidence)."""
     values = result.values
     client = key["client_ip"]
     role = f" ({context.client_role})" if context.client_role and context.client_role != "unknown" else ""
@@ -319,7 +416,6 @@ def _alert(
         f"{values['missed_beats'] * 100:.0f}% of beats missed; score {result.score:.2f}: "
         + " ".join(component.explanation for component in result.components)
     )
-    microseconds = rows["us"][part]
     confidence = round(min(1.0, values["periodicity"] * min(1.0, values["connections"] / 12)), 3)
     return Alert(
         detection=DETECTION,
@@ -336,13 +432,30 @@ def _alert(
         score_components=list(result.components),
         assets=[host.asset_id for host in hosts if host.asset_id],
         zones=sorted({host.zone for host in hosts if host.zone}),
-        evidence=_evidence(*(evidence or (rows, part)), result, table),
+        evidence=_evidence(found, result, table),
         suppression_seconds=max(3600, int(values["period_seconds"] * 4)),
     )
 
 
+def _keep(con: duckdb.DuckDBPyConnection, table: str, numbers: list[int]) -> None:
+    con.execute(f"DELETE FROM {table} WHERE pair NOT IN (SELECT unnest(?::BIGINT[]))", [numbers])
+
+
+def _scores(series: _Rows, parts: list[slice], contexts: list[PairContext]) -> list[BeaconScore]:
+    """The beacon score of each pair's series, all pairs in one batch."""
+    if not parts:
+        return []
+    offsets = np.concatenate([[0], np.cumsum([part.stop - part.start for part in parts])]).astype(np.int64)
+    times = np.concatenate([series.us[part] for part in parts]) / 1e6
+    return beacon_scores(times, np.concatenate([series.size[part] for part in parts]), offsets, contexts)
+
+
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
-    """Every beaconing pair of ``flows`` and every beaconing name of ``dns`` whose score reaches ALERT_SCORE."""
+    """Every beaconing pair of ``flows`` and every beaconing name of ``dns`` whose score reaches ALERT_SCORE.
+
+    The score never exceeds the role prior, so pairs and names whose prior is below the alert score are dropped
+    before their series is read; :func:`_allowed_pairs` (which lowers the prior) is asked only about the others.
+    """
     present = _temporary_or_main(con)
     if "flows" not in present:
         return []
@@ -350,43 +463,70 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     options = dict(getattr(context, "options", {}) or {}).get("beaconing", {}) or {}
     threshold = float(options.get("min_score", ALERT_SCORE))
     con.execute("CREATE OR REPLACE TEMP TABLE beacon_pairs AS " + _FLOW_PAIRS, [MIN_CONNECTIONS])
-    pairs = _fetch(con, "SELECT * FROM beacon_pairs ORDER BY pair", [])
-    flows = _fetch(con, _FLOW_SERIES, [])
-    names = _fetch(con, _DNS_QUERY) if "dns" in present else {}
-    addresses = {str(ip) for column in ("client_ip", "server_ip") if column in pairs for ip in pairs[column].distinct()}
-    addresses |= {str(ip) for ip in names["client_ip"].distinct()} if "client_ip" in names else set()
+    pairs = con.execute("SELECT pair, client_ip, server_ip, server_port, transport FROM beacon_pairs").fetchall()
+    names: list[tuple[Any, ...]] = []
+    if "dns" in present:
+        con.execute("CREATE OR REPLACE TEMP TABLE beacon_names AS " + _DNS_PAIRS, [MIN_CONNECTIONS])
+        names = con.execute("SELECT pair, client_ip, name FROM beacon_names").fetchall()
+    pairs.sort(key=lambda row: int(row[0]))
+    names.sort(key=lambda row: int(row[0]))
+    addresses = {str(row[column]) for row in pairs for column in (1, 2)} | {str(row[1]) for row in names}
     hosts = _hosts(con, addresses, present, policy)
-    allowed = _allowed_pairs(con) if "flow_policy" in present else set()
-    answers = _answers(con) if "dns" in present and _groups(names) else {}
-    alerts: list[Alert] = []
-    pending: list[tuple[int, slice, BeaconScore, PairContext, dict[str, str], str, list[Host]]] = []
-    for part in _groups(flows):
-        index = int(flows["pair"][part.start]) - 1  # pairs are numbered from 1 in row order of beacon_pairs
-        client_ip, server_ip = (
-            str(pairs["client_ip"].at(index)),
-            str(pairs["server_ip"].at(index)),
-        )
-        port, transport = int(pairs["server_port"][index]), str(pairs["transport"].at(index))
-        client, server = hosts[client_ip], hosts[server_ip]
-        pair = replace(
-            _pair_context(client, server, _approved(policy, server_ip, None)),
-            allowed_conduit=(client_ip, server_ip, port) in allowed,
-        )
+
+    # Flows: the pairs whose prior can reach the threshold, then the policy's verdicts for those only.
+    candidates: list[tuple[int, str, str, int, str, PairContext]] = []
+    for number, client_ip, server_ip, port, transport in pairs:
+        client_ip, server_ip, port = str(client_ip), str(server_ip), int(port) if port is not None else 0
+        pair = _pair_context(hosts[client_ip], hosts[server_ip], _approved(policy, server_ip, None))
+        if max(role_prior(pair)[0], role_prior(replace(pair, allowed_conduit=True))[0]) >= threshold:
+            candidates.append((int(number), client_ip, server_ip, port, str(transport), pair))
+    _keep(con, "beacon_pairs", [row[0] for row in candidates])
+    allowed = _allowed_pairs(con) if "flow_policy" in present and candidates else set()
+    scored: list[tuple[int, str, str, int, str, PairContext]] = []
+    for number, client_ip, server_ip, port, transport, pair in candidates:
+        pair = replace(pair, allowed_conduit=(client_ip, server_ip, port) in allowed)
         if role_prior(pair)[0] < threshold:  # the score is at most the prior: intra-OT polling costs nothing
             continue
-        result = beacon_score(flows["us"][part] / 1e6, flows["size"][part].astype(np.float64), pair)
-        if not result.eligible or result.score < threshold:
-            continue
-        key = {"client_ip": client_ip, "server_ip": server_ip, "server_port": str(port), "transport": transport}
-        destination = f"{server_ip}:{port}/{transport}" if transport in ("tcp", "udp", "sctp") else server_ip
-        pending.append((index + 1, part, result, pair, key, destination, [client, server]))
-    evidence = _fetch(con, _FLOW_EVIDENCE, [[number for number, *_ in pending]]) if pending else {}
-    spans = {int(evidence["pair"][span.start]): span for span in _groups(evidence)}
-    for number, part, result, pair, key, destination, ends in pending:
-        alerts.append(_alert(flows, part, result, pair, key, destination, ends, "flows", (evidence, spans[number])))
+        scored.append((number, client_ip, server_ip, port, transport, pair))
+    alerts: list[Alert] = []
+    if scored:
+        _keep(con, "beacon_pairs", [row[0] for row in scored])
+        series = _rows(con, "flows", _FLOW_ROWS, _FLOW_TEXT, _FLOW_COMMUNITY, "f")
+        scored = [row for row in scored if series.times.get(row[0], 0) >= MIN_CONNECTIONS]  # distinct times
+        parts = [series.spans[row[0]] for row in scored]
+        pending = [
+            (row, part, result)
+            for row, part, result in zip(scored, parts, _scores(series, parts, [row[5] for row in scored]), strict=True)
+            if result.eligible and result.score >= threshold
+        ]
+        series.load([series.first(part) for _, part, _ in pending])  # the evidence rows' text, in one query
+        for (_, client_ip, server_ip, port, transport, pair), part, result in pending:
+            key = {"client_ip": client_ip, "server_ip": server_ip, "server_port": str(port), "transport": transport}
+            destination = f"{server_ip}:{port}/{transport}" if transport in ("tcp", "udp", "sctp") else server_ip
+            ends = [hosts[client_ip], hosts[server_ip]]
+            found = series.evidence(part)
+            alerts.append(_alert(series.us[part], found, result, pair, key, destination, ends, "flows"))
     con.execute("DROP TABLE IF EXISTS temp.beacon_pairs")
-    for part in _groups(names):
-        client_ip, name = str(names["client_ip"].first(part)), str(names["name"].first(part))
+    if names:
+        alerts.extend(_name_alerts(con, names, hosts, policy, threshold, alerts))
+    con.execute("DROP TABLE IF EXISTS temp.beacon_names")
+    return alerts
+
+
+def _name_alerts(
+    con: duckdb.DuckDBPyConnection,
+    names: list[tuple[Any, ...]],
+    hosts: dict[str, Host],
+    policy: Policy | None,
+    threshold: float,
+    address_alerts: list[Alert],
+) -> list[Alert]:
+    """The (client, name) beacons of ``dns``; a name that resolves to an address that beacons in ``address_alerts`` is
+    added to that alert's ``names`` instead."""
+    answers = _answers(con)
+    candidates: list[tuple[int, str, str, PairContext, set[str]]] = []
+    for number, client_ip, name in names:
+        client_ip, name = str(client_ip), str(name)
         if "." not in name.strip(".") or name.rstrip(".").endswith(LOCAL_NAME_SUFFIXES):
             continue
         resolved = answers.get((client_ip, name), set())
@@ -394,20 +534,38 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
             continue  # a site service looked up again as its cache expires, not a destination outside
         if any(_approved(policy, address, None) for address in resolved):
             continue  # the name leads to an approved destination
-        client = hosts[client_ip]
-        pair = _pair_context(client, None, _approved(policy, None, name.rstrip(".")))
-        result = beacon_score(names["us"][part] / 1e6, names["size"][part].astype(np.float64), pair)
+        pair = _pair_context(hosts[client_ip], None, _approved(policy, None, name.rstrip(".")))
+        if role_prior(pair)[0] < threshold:  # the score is at most the prior
+            continue
+        candidates.append((int(number), client_ip, name, pair, resolved))
+    if not candidates:
+        return []
+    _keep(con, "beacon_names", [row[0] for row in candidates])
+    series = _rows(con, "dns", _DNS_ROWS.replace("{queries}", _DNS_QUERIES), _DNS_TEXT, _DNS_COMMUNITY, "q")
+    candidates = [row for row in candidates if series.times.get(row[0], 0) >= MIN_CONNECTIONS]  # distinct times
+    parts = [series.spans[row[0]] for row in candidates]
+    pending = []
+    results = _scores(series, parts, [row[3] for row in candidates])
+    for row, part, result in zip(candidates, parts, results, strict=True):
+        _, client_ip, name, _, resolved = row
         if not result.eligible or result.score < threshold:
             continue
         same = [
-            alert for alert in alerts if alert.key.get("server_ip") in resolved and alert.key["client_ip"] == client_ip
+            alert
+            for alert in address_alerts
+            if alert.key.get("server_ip") in resolved and alert.key["client_ip"] == client_ip
         ]
         if same:  # the name and its address beacon together: one alert, the address one, naming the name
             for alert in same:
                 alert.evidence.values.setdefault("names", []).append(name)
             continue
+        pending.append((row, part, result))
+    alerts: list[Alert] = []
+    series.load([series.first(part) for _, part, _ in pending])  # the evidence rows' text, in one query
+    for (_, client_ip, name, pair, _), part, result in pending:
         key = {"client_ip": client_ip, "query_name": name}
-        alerts.append(_alert(names, part, result, pair, key, f"the name {name}", [client], "dns"))
+        found = series.evidence(part)
+        alerts.append(_alert(series.us[part], found, result, pair, key, f"the name {name}", [hosts[client_ip]], "dns"))
     return alerts
 
 
