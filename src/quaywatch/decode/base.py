@@ -102,6 +102,30 @@ class DatagramRows:
     columns: dict[str, pa.Array]
 
 
+class Fold(ABC):
+    """Folds one table's per-event records into fewer stored rows (cyclic I/O: one row per connection and second).
+
+    The records are what the decoder's sessions and vectorised paths produce for the table (``records`` is their
+    schema); the dispatcher collects them per batch and hands them over in packet order, keyed by flow and
+    direction (``uid * 2 + direction``). The answers are the stored rows: keys, timestamps (ns) and packet numbers
+    for their envelopes, and their own columns (the table's schema in ``Decoder.tables``).
+    """
+
+    table: ClassVar[str]
+    event_type: ClassVar[str]
+    records: ClassVar[pa.Schema]
+
+    @abstractmethod
+    def add(
+        self, keys: np.ndarray, timestamps: np.ndarray, numbers: np.ndarray, columns: dict[str, pa.Array]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, pa.Array]]:
+        """Take the next records; return the rows they completed."""
+
+    @abstractmethod
+    def finish(self, uids: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, pa.Array]]:
+        """The flows ``uids`` ended (None: all of them): return their remaining rows and forget them."""
+
+
 class Session(ABC):
     """Decoder state for one flow."""
 
@@ -149,6 +173,8 @@ class Decoder(ABC):
     ethertypes: ClassVar[frozenset[int]] = frozenset()
     #: Event tables this decoder fills: name -> schema of its own columns.
     tables: ClassVar[dict[str, pa.Schema]] = {}
+    #: Tables whose events are folded before they are stored (see :class:`Fold`): name -> the fold's class.
+    folds: ClassVar[dict[str, type[Fold]]] = {}
 
     @abstractmethod
     def probe(self, payload: bytes, direction: Direction, server_port: int) -> bool:

@@ -22,6 +22,7 @@ from quaywatch.decode.base import (
     Decoder,
     Direction,
     Event,
+    Fold,
     Session,
     anomaly,
 )
@@ -48,6 +49,7 @@ class _FlowSession:
     session: Session
     envelope: dict[str, object]
     streams: tuple[StreamReassembler, StreamReassembler] | None
+    uid: int = -1
     envelopes: tuple[dict[str, object], dict[str, object]] = ({}, {})  # with the direction filled in
 
     def __post_init__(self) -> None:
@@ -120,6 +122,16 @@ class Dispatcher:
         self.ether_types = np.array(
             sorted({t for i in self.frame_decoders for t in decoders[i].ethertypes}) or [-1], np.int64
         )
+        #: Tables whose events are folded before they are stored (decode/base.Fold), and this batch's records:
+        #: column-wise from vectorised paths, one by one from sessions.
+        self.folds: dict[str, Fold] = {}
+        for decoder in decoders:
+            for name, fold in decoder.folds.items():
+                self.folds.setdefault(name, fold())
+        self.fold_parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, pa.Array]]]] = defaultdict(
+            list
+        )
+        self.fold_events: dict[str, list[tuple[int, int, int, dict[str, object]]]] = defaultdict(list)
         self.sessions: dict[int, _FlowSession] = {}
         self.frame_sessions: dict[tuple[int, int], Session] = {}
         self.buffer = EventBuffer()
@@ -143,6 +155,21 @@ class Dispatcher:
         overrides: dict[int, np.ndarray],
     ) -> None:
         """Feed this batch's wanted payloads to their sessions."""
+        self._dispatch(buffer, packets, timestamps, first_packet_number, flow_index, direction, flows, overrides)
+        if self.fold_parts or self.fold_events:
+            self._fold_batch()
+
+    def _dispatch(
+        self,
+        buffer: np.ndarray,
+        packets: np.ndarray,
+        timestamps: np.ndarray,
+        first_packet_number: int,
+        flow_index: np.ndarray,
+        direction: np.ndarray,
+        flows: np.ndarray,
+        overrides: dict[int, np.ndarray],
+    ) -> None:
         if not self.decoders:
             return
         if self.frame_decoders:
@@ -380,23 +407,79 @@ class Dispatcher:
         flows: np.ndarray,
     ) -> None:
         """The envelope for vectorised rows: per distinct flow and direction, then spread by index."""
-        schema = self.schemas[result.table]
-        count = indices.shape[0]
         keys = flows["uid"][rows].astype(np.int64) * 2 + sides.astype(np.int64)
+        numbers = indices.astype(np.int64) + first_packet_number
+        if result.table in self.folds:  # folded at the end of the batch, in packet order with the sessions' records
+            self.fold_parts[result.table].append((keys, timestamps, numbers, result.columns))
+            return
+        self._add_columns(result.table, result.event_type, keys, timestamps, numbers, result.columns)
+
+    def _add_columns(
+        self,
+        table_name: str,
+        event_type: str,
+        keys: np.ndarray,
+        timestamps: np.ndarray,
+        numbers: np.ndarray,
+        own: dict[str, pa.Array],
+    ) -> None:
+        """Rows of table ``table_name`` from columns, with the envelope of each row's flow and direction (``keys``)."""
+        schema = self.schemas[table_name]
+        count = keys.shape[0]
+        if count == 0:
+            return
         distinct, inverse = np.unique(keys, return_inverse=True)
         envelopes = [self.sessions[int(key) >> 1].envelopes[int(key) & 1] for key in distinct.tolist()]
-        spread = pa.array(inverse.astype(np.int32))
-        columns: dict[str, pa.Array] = dict(result.columns)
+        spread = pa.array(inverse.reshape(-1).astype(np.int32))
+        columns: dict[str, pa.Array] = dict(own)
         for name in ("capture_id", "flow_id", "community_id", "client_ip", "client_port", "server_ip",
                      "server_port", "transport", "direction"):  # fmt: skip
             values = pa.array([envelope.get(name) for envelope in envelopes], schema.field(name).type)
             columns[name] = values.take(spread)
         columns["ts"] = pa.array(timestamps.astype(np.int64) // 1000, pa.int64()).cast(schema.field("ts").type)
-        columns["packet_number"] = pa.array(indices.astype(np.int64) + first_packet_number, pa.int64())
-        columns["event_type"] = pa.array([result.event_type] * count, pa.string())
+        columns["packet_number"] = pa.array(numbers, pa.int64())
+        columns["event_type"] = pa.array([event_type] * count, pa.string())
         arrays = [columns.get(f.name, pa.nulls(count, f.type)).cast(f.type) for f in schema]
-        self.buffer.tables[result.table].append(pa.Table.from_arrays(arrays, schema=schema))
+        self.buffer.tables[table_name].append(pa.Table.from_arrays(arrays, schema=schema))
         self.buffer.count += count
+
+    def _fold_batch(self) -> None:
+        """This batch's records of folded tables, vectorised and from sessions, in packet order to their folds."""
+        for name in self.fold_parts.keys() | self.fold_events.keys():
+            fold = self.folds[name]
+            parts = self.fold_parts.pop(name, [])
+            events = self.fold_events.pop(name, [])
+            if events:
+                keys, stamps, numbers, fields = zip(*events, strict=True)
+                table_of_events = pa.Table.from_pylist(list(fields), schema=fold.records)
+                parts.append((
+                    np.array(keys, np.int64), np.array(stamps, np.int64), np.array(numbers, np.int64),
+                    {column: table_of_events.column(column).combine_chunks() for column in fold.records.names},
+                ))  # fmt: skip
+            keys_all = np.concatenate([part[0] for part in parts])
+            order = np.argsort(np.concatenate([part[2] for part in parts]), kind="stable")
+            columns = {
+                column: _concatenated([part[3][column] for part in parts], fold.records.field(column).type)
+                for column in fold.records.names
+            }
+            if len(parts) > 1 or not np.array_equal(order, np.arange(order.shape[0])):
+                taken = pa.array(order)
+                columns = {column: values.take(taken) for column, values in columns.items()}
+            self._add_folded(
+                fold,
+                fold.add(
+                    keys_all[order],
+                    np.concatenate([part[1] for part in parts])[order],
+                    np.concatenate([part[2] for part in parts])[order],
+                    columns,
+                ),
+            )
+        self.fold_parts.clear()
+        self.fold_events.clear()
+
+    def _add_folded(self, fold: Fold, rows: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, pa.Array]]) -> None:
+        keys, timestamps, numbers, columns = rows
+        self._add_columns(fold.table, fold.event_type, keys, timestamps, numbers, columns)
 
     @staticmethod
     def _payload(buffer: np.ndarray, overrides: dict[int, np.ndarray], packets: np.ndarray, index: int) -> bytes:
@@ -456,7 +539,7 @@ class Dispatcher:
             return
         keys = flows["uid"][rows[clear]].astype(np.int64) * 2 + direction[chosen].astype(np.int64)
         sources = [(buffer, packets["payload_offset"][chosen], packets["payload_captured"][chosen], keys, chosen)]
-        wanted = set(candidates.tolist())
+        wanted = set(candidates.tolist()) if overrides else set()
         for index in overrides:
             if index in wanted and not np.isin(
                 flows["decoder"][rows[np.searchsorted(candidates, index)]], self.encrypted_states
@@ -525,7 +608,7 @@ class Dispatcher:
         envelope = self._envelope(flow_row)
         streams = (StreamReassembler(), StreamReassembler()) if decoder.transport == "tcp" else None
         self.sessions[int(flow_row["uid"])] = _FlowSession(
-            index, decoder.session_for(int(flow_row["server_port"])), envelope, streams
+            index, decoder.session_for(int(flow_row["server_port"])), envelope, streams, int(flow_row["uid"])
         )
 
     def _deliver(
@@ -548,8 +631,12 @@ class Dispatcher:
         if events:
             add = self.buffer.add
             envelope = flow_session.envelopes[side]
+            folds = self.folds
             for event in events:
-                add(envelope, event, timestamp, number)
+                if event.table in folds:  # folded at the end of the batch (decode/base.Fold)
+                    self.fold_events[event.table].append((flow_session.uid * 2 + side, timestamp, number, event.fields))
+                else:
+                    add(envelope, event, timestamp, number)
 
     def _guard(self, name: str, call: object) -> list[Event]:
         try:
@@ -628,6 +715,8 @@ class Dispatcher:
                 self.content_envelopes.pop(uid, None)
         if not self.sessions or ended.shape[0] == 0:
             return
+        for fold in self.folds.values():  # before the sessions go: the rows take their envelopes
+            self._add_folded(fold, fold.finish(ended["uid"]))
         for uid, last_timestamp, last_packet in zip(
             ended["uid"].tolist(), ended["last_timestamp"].tolist(), ended["last_packet"].tolist(), strict=True
         ):
@@ -664,3 +753,9 @@ class Dispatcher:
             tables[name] = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
         self.buffer = EventBuffer()
         return tables
+
+
+def _concatenated(arrays: list[pa.Array], kind: pa.DataType) -> pa.Array:
+    """One array of type ``kind`` from parts, copying only when there are several."""
+    typed = [array if array.type == kind else array.cast(kind) for array in arrays]
+    return typed[0] if len(typed) == 1 else pa.concat_arrays(typed)

@@ -113,3 +113,46 @@ def test_the_pipeline_scans_every_cleartext_flow_and_skips_encrypted_ones(tmp_pa
     assert (1, "edifact_message", "COARRI:D:95B", 9000) in rows
     assert (2, "edifact_location", "11:CNSHA", 9000) in rows
     assert not [row for row in rows if row[3] == 443], "a TLS flow's records were scanned"
+
+
+def _both_ways(payloads: list[bytes], keys: list[int]) -> list[list[tuple[int, int, dict[str, object]]]]:
+    """Matches with the pre-filter, then scanning every payload."""
+    results = [_inspect(payloads, keys)]
+    CargoContent.PREFILTER = False
+    try:
+        results.append(_inspect(payloads, keys))
+    finally:
+        CargoContent.PREFILTER = True
+    return results
+
+
+def test_the_prefilter_finds_what_scanning_everything_finds() -> None:
+    """Matches inside one payload, straddling payloads (also where the first four bytes straddle), after an
+    uppercase byte ending the payload before, EDIFACT segments cut into one-byte payloads, between noise."""
+    rng = np.random.default_rng(6346)
+    noise = [rng.integers(0, 256, int(rng.integers(0, 300)), np.uint8).tobytes() for _ in range(200)]
+    text = b"moves: CSQU305438 3; " + COARRI + b" MSKU0000074 XCSQU3054383"
+    cuts = [text[i : i + n] for i, n in ((0, 9), (9, 1), (10, 2), (12, 40), (52, 3), (55, 200), (255, 500))]
+    one_byte = [text[i : i + 1] for i in range(len(text))]
+    payloads = noise[:50] + cuts + noise[50:120] + one_byte + noise[120:] + [b"AB", b"CU123456", b"7", b"LO", b"C+9+X'"]
+    for keys in ([1] * len(payloads), [i % 3 for i in range(len(payloads))], list(range(len(payloads)))):
+        fast, everything = _both_ways(payloads, keys)
+        assert fast == everything
+    fast, _ = _both_ways(payloads, [1] * len(payloads))
+    values = [fields["value"] for _, _, fields in fast]
+    assert values.count("CSQU3054383") == 4 and "ABCU1234567" in values and "9:X" in values
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(
+    payloads=st.lists(
+        st.binary(max_size=40) | st.sampled_from([b"CSQU3054383", b"UNH+1+COARRI'", b"LOC+9+NL'", b"ABC", b"U", b"+"]),
+        min_size=1, max_size=30,
+    ),
+    keys=st.lists(st.integers(0, 2), min_size=30, max_size=30),
+)  # fmt: skip
+@pytest.mark.fuzz
+def test_the_prefilter_agrees_on_any_bytes(payloads: list[bytes], keys: list[int]) -> None:
+    payloads = [p or b"x" for p in payloads]  # the dispatcher offers non-empty payloads only
+    fast, everything = _both_ways(payloads, keys[: len(payloads)])
+    assert fast == everything

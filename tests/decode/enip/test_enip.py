@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -127,20 +128,51 @@ def test_cip_agrees_with_icsnpp(tmp_path: Path, case: str) -> None:
     check(agreement, f"icsnpp cip {case}")
 
 
+def per_connection(rows: list[Row]) -> list[Row]:
+    """ICSNPP's one row per I/O datagram, in packet order, counted per connection as ``cip_io`` stores it."""
+    folded: dict[object, Row] = {}
+    for row in rows:
+        length = int(row["data_length"])  # type: ignore[arg-type]
+        known = folded.get(row["connection_id"])
+        if known is None:
+            folded[row["connection_id"]] = {"connection_id": row["connection_id"], "datagrams": 1,
+                                            "first_sequence": row["sequence_number"], "last_sequence":
+                                            row["sequence_number"], "min_data_length": length,
+                                            "max_data_length": length, "last_data": row["io_data"]}  # fmt: skip
+            continue
+        known["datagrams"] = int(known["datagrams"]) + 1  # type: ignore[call-overload]
+        known["last_sequence"] = row["sequence_number"]
+        known["min_data_length"] = min(int(known["min_data_length"]), length)  # type: ignore[call-overload]
+        known["max_data_length"] = max(int(known["max_data_length"]), length)  # type: ignore[call-overload]
+        known["last_data"] = row["io_data"]
+    return list(folded.values())
+
+
 @pytest.mark.oracle
 def test_cip_io_and_identity_agree_with_icsnpp(tmp_path: Path) -> None:
+    """cip_io counts I/O per connection and second: summed per connection, it must say what ICSNPP's one row
+    per datagram says (count, first and last sequence number, data lengths, the last data)."""
+    rows = ours(tmp_path, "basic", "cip_io")
+    by_connection: dict[object, list[Row]] = {}
+    for r in sorted(rows, key=lambda r: r["first_packet_number"]):
+        by_connection.setdefault(hexadecimal(r["connection_id"], 8), []).append(r)
     mine = [
         {
-            "connection_id": hexadecimal(r["connection_id"], 8),
-            "sequence_number": str(r["sequence_number"]),
-            "data_length": str(r["data_length"]),
-            "io_data": r["data"].hex(),
+            "connection_id": connection,
+            "datagrams": sum(r["datagrams"] for r in seconds),  # type: ignore[misc]
+            "first_sequence": str(seconds[0]["first_sequence"]),
+            "last_sequence": str(seconds[-1]["last_sequence"]),
+            "min_data_length": min(r["min_data_length"] for r in seconds),  # type: ignore[type-var]
+            "max_data_length": max(r["max_data_length"] for r in seconds),  # type: ignore[type-var]
+            "last_data": seconds[-1]["data"].hex(),  # type: ignore[union-attr]
         }
-        for r in ours(tmp_path, "basic", "cip_io")
+        for connection, seconds in sorted(by_connection.items(), key=repr)
     ]
-    io = Agreement(["connection_id", "sequence_number", "data_length", "io_data"])
-    io.score(mine, icsnpp("basic", "cip_io"), key=lambda r: (r["connection_id"], r["sequence_number"]))
-    check(io, "icsnpp cip_io")
+    theirs = sorted(per_connection(icsnpp("basic", "cip_io")), key=lambda r: repr(r["connection_id"]))
+    io = Agreement(["datagrams", "first_sequence", "last_sequence", "min_data_length", "max_data_length", "last_data"])
+    io.score(mine, theirs, key=lambda r: r["connection_id"])
+    check(io, "icsnpp cip_io per connection")
+    assert sum(r["datagrams"] for r in rows) == 398 and len(rows) < 398 / 4
     (identity,) = ours(tmp_path, "basic", "cip_identity")
     (known,) = icsnpp("basic", "cip_identity")
     mine_identity = {
@@ -210,7 +242,7 @@ def test_udp_decoder_runs_alone(tmp_path: Path) -> None:
     """Its tables exist even without the TCP decoder (`--decoders enip_udp`)."""
     store = Store(tmp_path / "udp.duckdb")
     Analyzer(store, decoders=[EnipUdpDecoder()]).analyze(require(ICSNPP / "traces/enip_cip_example.pcap"))
-    assert store.connection.execute("SELECT count(*) FROM cip_io").fetchone() == (398,)
+    assert store.connection.execute("SELECT sum(datagrams) FROM cip_io").fetchone() == (398,)
     store.close()
 
 
@@ -264,10 +296,10 @@ def test_vectorised_io_equals_the_session_path(tmp_path: Path, monkeypatch: pyte
     ]
     capture = write_pcap(tmp_path / "io.pcap", frames)
     results = []
-    for vectorised in (True, False):
+    for vectorised, window in ((True, 1 << 20), (False, 1 << 20), (True, 4096)):  # a small window: many batches
         monkeypatch.setattr(Dispatcher, "VECTORISED", vectorised)
-        store = Store(tmp_path / f"io-{vectorised}.duckdb")
-        Analyzer(store, decoders=[EnipUdpDecoder()]).analyze(capture)
+        store = Store(tmp_path / f"io-{vectorised}-{window}.duckdb")
+        Analyzer(store, decoders=[EnipUdpDecoder()], buffer_bytes=window).analyze(capture)
         results.append(
             [
                 store.connection.execute(f"SELECT * EXCLUDE (capture_id) FROM {t} ORDER BY packet_number").fetchall()
@@ -275,11 +307,50 @@ def test_vectorised_io_equals_the_session_path(tmp_path: Path, monkeypatch: pyte
             ]
         )
         store.close()
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2]
     io_rows, _ = results[0]
-    assert len(io_rows) == len(payloads)  # the session reads whatever items the odd ones have
     names = ["ts", "packet_number", "flow_id", "community_id", "client_ip", "client_port", "server_ip"]
-    names += ["server_port", "transport", "direction", "event_type", "connection_id", "sequence_number"]
-    first = dict(zip([*names, "data_length", "data"], io_rows[7], strict=True))
-    assert (first["packet_number"], first["connection_id"], first["sequence_number"]) == (8, 0x11, 7)
-    assert (first["data"], first["data_length"], first["event_type"]) == (b"\x07" * 7, 7, "io")
+    names += ["server_port", "transport", "direction", "event_type", "connection_id", "datagrams", "first_ts"]
+    names += ["first_packet_number", "first_sequence", "last_sequence", "sequence_gaps", "sequence_backwards"]
+    names += ["min_data_length", "max_data_length", "data_bytes", "data"]
+    rows = [dict(zip(names, row, strict=True)) for row in io_rows]
+    # Every datagram is counted once, the odd ones too (the session reads whatever items they have).
+    assert sum(r["datagrams"] for r in rows) == len(payloads)
+    # 100 datagrams a second over three connections: one row per connection and second.
+    first = next(r for r in rows if r["connection_id"] == 0x11)
+    assert (first["first_packet_number"], first["packet_number"], first["datagrams"]) == (2, 98, 33)
+    assert (first["first_sequence"], first["last_sequence"], first["sequence_gaps"]) == (1, 97, 2 * 32)
+    assert (first["min_data_length"], first["max_data_length"], first["data"]) == (0, 39, bytes([97]) * 17)
+    assert first["data_bytes"] == sum(i % 40 for i in range(1, 100, 3)) and first["event_type"] == "io"
+    assert first["ts"] - first["first_ts"] == dt.timedelta(seconds=0.96)
+    assert len([r for r in rows if r["connection_id"] in (0x10, 0x11, 0x12)]) == 9
+
+
+def test_io_fold_counts_gaps_steps_back_and_wrap_around_across_seconds() -> None:
+    """Sequence numbers are followed per connection across seconds; a datagram without a sequenced address item
+    is counted under a NULL connection."""
+    import numpy as np
+    import pyarrow as pa
+
+    from quaywatch.decode.enip.implicit_io import IoFold
+
+    second = 1_000_000_000
+    sequences = [2**32 - 2, 2**32 - 1, 1, 1, 0, 5, 6]  # wrap (skipping 0), a repeat, one behind, a gap of 3
+    times = [0, 1, 2, 3, 4, second + 1, second + 2]
+    fold = IoFold()
+    columns = {
+        "connection_id": pa.array([7] * 7 + [None], pa.int64()),
+        "sequence_number": pa.array([*sequences, None], pa.int64()),
+        "data_length": pa.array([4, 4, 2, 4, 4, 4, 6, None], pa.int32()),
+        "data": pa.array([b"a", b"b", b"c", b"d", b"e", b"f", b"g", None], pa.binary()),
+    }
+    keys = np.array([10] * 8, np.int64)
+    first = fold.add(keys, np.array([*times, 5], np.int64), np.arange(1, 9), columns)
+    later = fold.finish(np.array([5]))
+    assert first[3]["datagrams"].to_pylist() == [5]  # the first second closed when the connection's next came
+    assert first[3]["sequence_gaps"].to_pylist() == [1] and first[3]["sequence_backwards"].to_pylist() == [2]
+    assert first[3]["min_data_length"].to_pylist() == [2] and first[3]["data"].to_pylist() == [b"e"]
+    names = ("connection_id", "datagrams", "sequence_gaps", "first_sequence", "data")
+    rows = sorted(zip(*(later[3][name].to_pylist() for name in names), strict=True), key=repr)
+    assert rows == [(7, 2, 3, 5, b"g"), (None, 1, 0, None, None)]
+    assert fold.finish(None)[0].shape == (0,)

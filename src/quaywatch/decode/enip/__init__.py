@@ -1,8 +1,8 @@
 """EtherNet/IP encapsulation and CIP, over TCP and UDP 44818, and CIP I/O on UDP 2222.
 
 Tables: ``enip`` (every encapsulation message), ``cip`` (every CIP request and response, Multiple Service
-Packets expanded, connected and unconnected), ``cip_io`` (implicit I/O datagrams, one row each; per
-connection counts are a GROUP BY) and ``cip_identity`` (List Identity replies: who the device says it is).
+Packets expanded, connected and unconnected), ``cip_io`` (implicit I/O counted per connection: one row per
+connection and second, see ``implicit_io``) and ``cip_identity`` (List Identity replies: who the device says it is).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from typing import ClassVar
 import numpy as np
 import pyarrow as pa
 
-from quaywatch.decode.base import DatagramRows, Decoder, Direction, Event, Session, anomaly
+from quaywatch.decode.base import DatagramRows, Decoder, Direction, Event, Fold, Session, anomaly
 from quaywatch.decode.enip import constants as c
 from quaywatch.decode.enip import vectorised
+from quaywatch.decode.enip.implicit_io import IO_SCHEMA, IoFold
 
 PROTOCOL = "enip"
 HEADER = struct.Struct("<HHII8sI")
@@ -64,15 +65,6 @@ CIP_SCHEMA = pa.schema(
         _field("o_to_t_connection_id", pa.int64(), "Forward Open: originator-to-target connection id"),
         _field("t_to_o_connection_id", pa.int64(), "Forward Open: target-to-originator connection id"),
         _field("o_to_t_rpi", pa.int64(), "Forward Open: requested packet interval, microseconds"),
-    ]
-)
-
-IO_SCHEMA = pa.schema(
-    [
-        _field("connection_id", pa.int64(), "sequenced address item: connection id"),
-        _field("sequence_number", pa.int64(), "sequenced address item: encapsulation sequence number"),
-        _field("data_length", pa.int32(), "connected data item length"),
-        _field("data", pa.binary(), "I/O data, as sent"),
     ]
 )
 
@@ -435,6 +427,8 @@ class EnipUdpDecoder(Decoder):
     ports = frozenset({44818, 2222})
     # The same tables as the TCP decoder, so either can run alone (``--decoders enip_udp``).
     tables: ClassVar[dict[str, pa.Schema]] = EnipTcpDecoder.tables
+    #: The session's and ``decode_datagrams``' per-datagram I/O records become one row per connection and second.
+    folds: ClassVar[dict[str, type[Fold]]] = {"cip_io": IoFold}
 
     def probe(self, payload: bytes, direction: Direction, server_port: int) -> bool:
         if _looks_like_encapsulation(payload) and 24 + (payload[2] | (payload[3] << 8)) == len(payload):
