@@ -160,7 +160,8 @@ class Analyzer:
             result.fault_offset = reader.fault.offset
             result.truncated_tail = reader.fault.truncated_tail
         result.status = "partial" if result.fault else "complete"
-        build_rollups(self.store, result.capture_id)  # the detections' per-capture summaries (detect/rollups.py)
+        # The detections' per-capture summaries (detect/rollups.py), from the tables this capture wrote.
+        build_rollups(self.store, result.capture_id, self.store.written)
         self.store.finish_capture(
             result.capture_id,
             {

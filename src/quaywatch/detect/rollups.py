@@ -152,17 +152,26 @@ def tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
 
 
-def build_rollups(store: Store, capture_id: str) -> None:
-    """Summarise one capture's rows (after they are flushed); replaces an earlier summary of it."""
+def build_rollups(store: Store, capture_id: str, written: set[str] | None = None) -> None:
+    """Summarise one capture's rows (after they are flushed); replaces an earlier summary of it.
+
+    ``written``: the tables that received rows of this capture, when the caller knows (the analysis does:
+    ``Store.written``, and it removed the capture's earlier rows when it began); only those are read, so a capture
+    without ICS traffic costs one row in ``rollup_captures``.
+    """
     from quaywatch.detect import baseline, ics_commands
 
     store.flush()
     con = store.connection
     for name, schema in SCHEMAS.items():
-        store.ensure_table(name, schema)
+        if name not in store.schemas:
+            store.ensure_table(name, schema)
     present = tables(con)
-    for name in SCHEMAS:
-        con.execute(f'DELETE FROM "{name}" WHERE capture_id = ?', [capture_id])
+    if written is None:
+        for name in SCHEMAS:
+            con.execute(f'DELETE FROM "{name}" WHERE capture_id = ?', [capture_id])
+    else:
+        present &= written
     commands = ics_commands.command_sources(present)
     if commands:
         con.execute(
@@ -190,7 +199,7 @@ def build_rollups(store: Store, capture_id: str) -> None:
         )
     con.execute(
         f"INSERT INTO {ROLLUP_CAPTURES} VALUES (?, ?, ?)", [capture_id, ROLLUP_VERSION, dt.datetime.now(dt.UTC)]
-    )
+    )  # the capture's tables were all read: tables it wrote nothing to hold none of its rows
 
 
 def all_captures_rolled(con: duckdb.DuckDBPyConnection, present: set[str]) -> bool:

@@ -136,6 +136,8 @@ class Store:
         self.schemas: dict[str, pa.Schema] = {}
         self.pending: dict[str, list[pa.Table]] = {}
         self.pending_rows: dict[str, int] = {}
+        #: Tables that received rows since the current capture began (begin_capture): what its summaries read.
+        self.written: set[str] = set()
 
     def close(self) -> None:
         self.flush()
@@ -179,6 +181,7 @@ class Store:
         """Register a capture as running, removing rows of an earlier interrupted run."""
         self.flush()
         self.remove_capture(capture_id)
+        self.written = set()
         self.append(
             "captures",
             pa.Table.from_pylist(
@@ -224,6 +227,8 @@ class Store:
         if rows.num_rows == 0:
             return
         self.pending.setdefault(name, []).append(rows)
+        if rows.num_rows:
+            self.written.add(name)
         self.pending_rows[name] = self.pending_rows.get(name, 0) + rows.num_rows
         if self.pending_rows[name] >= self.FLUSH_ROWS:
             self._write(name, whole_groups=True)
