@@ -48,11 +48,43 @@ def generate(
     return Generated(directory / "capture.pcapng", policy, summary, terminal, context, instance)
 
 
+def tshark_binary() -> str:
+    """tshark's path; a failure, not a skip, without it: the oracle is the point of these tests."""
+    path = shutil.which("tshark") or shutil.which(TSHARK)
+    if path is None:
+        pytest.fail("tshark is not installed: run `make system-packages` (Debian package tshark)")
+    return path
+
+
 def tshark(capture: Path, *arguments: str) -> str:
-    if shutil.which(TSHARK) is None:
-        pytest.fail("tshark is not installed: run `make system-packages`")
-    result = subprocess.run([TSHARK, "-n", "-r", str(capture), *arguments], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [tshark_binary(), "-n", "-r", str(capture), *arguments], capture_output=True, text=True, check=True
+    )
     return result.stdout
+
+
+def fields(
+    capture: Path, *names: str, display_filter: str | None = None, options: tuple[str, ...] = ()
+) -> list[list[str]]:
+    """tshark's values of ``names`` per frame (every occurrence, tab-separated), optionally filtered."""
+    command = [
+        tshark_binary(),
+        "-r",
+        str(capture),
+        *options,
+        "-T",
+        "fields",
+        "-E",
+        "separator=\t",
+        "-E",
+        "occurrence=a",
+    ]
+    if display_filter:
+        command += ["-Y", display_filter]
+    for name in names:
+        command += ["-e", name]
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    return [line.split("\t") for line in output.splitlines()]
 
 
 def tshark_buckets(capture: Path, buckets: set[str]) -> Counter[str]:

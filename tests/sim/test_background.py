@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,25 +18,9 @@ from quaywatch.sim.model import TerminalModel, load_model
 from quaywatch.sim.normal.background import NetworkBackground
 from quaywatch.sim.simulate import CAPTURE, POLICY, TRUTH, simulate
 from quaywatch.store.database import Store
+from tests.sim.sources import fields
 
 BUCKETS = ("arp", "lldp", "dhcp", "dns", "ntp", "snmp")
-
-
-def tshark() -> str:
-    path = shutil.which("tshark")
-    if path is None:
-        pytest.fail("tshark is not installed: run `make system-packages` (Debian package tshark)")
-    return path
-
-
-def fields(capture: Path, *names: str, display_filter: str | None = None) -> list[list[str]]:
-    command = [tshark(), "-r", str(capture), "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a"]
-    if display_filter:
-        command += ["-Y", display_filter]
-    for name in names:
-        command += ["-e", name]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return [line.split("\t") for line in output.splitlines()]
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import collections
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,28 +16,10 @@ from quaywatch.sim.model import TerminalModel, load_model
 from quaywatch.sim.normal.cctv import CctvStreams
 from quaywatch.sim.pcapng import PcapngWriter
 from quaywatch.store.database import Store
+from tests.sim.sources import fields
 
 DURATION = 40.0
 BUCKETS = ("rtp", "rtcp", "rtsp", "http", "tcp", "data")
-
-
-def tshark() -> str:
-    path = shutil.which("tshark")
-    if path is None:
-        pytest.fail("tshark is not installed: run `make system-packages` (Debian package tshark)")
-    return path
-
-
-def fields(
-    capture: Path, *names: str, display_filter: str | None = None, options: tuple[str, ...] = ()
-) -> list[list[str]]:
-    command = [tshark(), "-r", str(capture), *options, "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a"]
-    if display_filter:
-        command += ["-Y", display_filter]
-    for name in names:
-        command += ["-e", name]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return [line.split("\t") for line in output.splitlines()]
 
 
 @pytest.fixture(scope="module")

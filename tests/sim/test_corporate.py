@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +15,10 @@ from quaywatch.sim.engine import SimulationContext, run
 from quaywatch.sim.model import TerminalModel, load_model
 from quaywatch.sim.normal.corporate import CorporateBrowsing, certificate_chain
 from quaywatch.store.database import Store
+from tests.sim.sources import fields
 
 DURATION = 90.0
 BUCKETS = ("dns", "tls", "http", "tcp")
-
-
-def tshark() -> str:
-    path = shutil.which("tshark")
-    if path is None:
-        pytest.fail("tshark is not installed: run `make system-packages` (Debian package tshark)")
-    return path
-
-
-def fields(capture: Path, *names: str, display_filter: str | None = None) -> list[list[str]]:
-    command = [tshark(), "-r", str(capture), "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a"]
-    if display_filter:
-        command += ["-Y", display_filter]
-    for name in names:
-        command += ["-e", name]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return [line.split("\t") for line in output.splitlines()]
 
 
 def browse(directory: Path, seed: int = 4, duration: float = DURATION) -> tuple[Path, dict[str, int], TerminalModel]:

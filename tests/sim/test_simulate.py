@@ -9,8 +9,6 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +18,9 @@ from quaywatch.sim.model import load_model
 from quaywatch.sim.physics import TerminalPhysics, check_digit
 from quaywatch.sim.scenarios import SCENARIOS
 from quaywatch.sim.simulate import CAPTURE, LABELS, TRUTH, parse_duration, parse_scenario, simulate
+from tests.sim import sources
 
 DURATION = 120.0
-
-
-def tshark() -> str:
-    path = shutil.which("tshark")
-    if path is None:
-        pytest.fail("tshark is not installed: run `make system-packages` (Debian package tshark)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -39,24 +31,14 @@ def everything(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _tshark_fields(capture: Path, *fields: str, display_filter: str | None = None) -> list[list[str]]:
-    command = [tshark(), "-r", str(capture), "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a"]
-    if display_filter:
-        command += ["-Y", display_filter]
-    for field in fields:
-        command += ["-e", field]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return [line.split("\t") for line in output.splitlines()]
-
-
 def test_tshark_reads_every_packet_without_a_warning(everything: Path) -> None:
     capture = everything / CAPTURE
-    warnings = _tshark_fields(
+    warnings = sources.fields(
         capture, "frame.number", "_ws.expert.message", display_filter="_ws.malformed || _ws.expert.severity >= warning"
     )
     assert warnings == [], f"tshark warns on {len(warnings)} packets, first: {warnings[:5]}"
     truth = json.loads((everything / TRUTH).read_text())
-    count = len(_tshark_fields(capture, "frame.number"))
+    count = len(sources.fields(capture, "frame.number"))
     assert count == truth["packets"]
 
 
@@ -65,7 +47,7 @@ def test_tshark_per_protocol_counts_equal_the_generator_accounting(everything: P
     truth = json.loads((everything / TRUTH).read_text())
     buckets = set(truth["packets_by_protocol"])
     counted: collections.Counter[str] = collections.Counter()
-    for (protocols,) in _tshark_fields(everything / CAPTURE, "frame.protocols"):
+    for (protocols,) in sources.fields(everything / CAPTURE, "frame.protocols"):
         known = [name for name in protocols.split(":") if name in buckets]
         counted[known[-1] if known else f"unaccounted:{protocols}"] += 1
     assert dict(counted) == truth["packets_by_protocol"]
@@ -100,14 +82,14 @@ def test_switching_scenarios_on_leaves_normal_traffic_unchanged(clean: Path, tmp
     chosen = [(scenario.name, {}) for scenario in SCENARIOS if not scenario.alters_normal_traffic]
     attacked = simulate(tmp_path / "attacked", seed=11, duration=DURATION, scenarios=chosen)
     fields = ("frame.time_epoch", "frame.protocols", "frame.len", "eth.src", "ip.src", "ip.dst", "tcp.seq_raw")
-    normal = _tshark_fields(attacked.capture, *fields, display_filter="not frame.comment")
-    assert normal == _tshark_fields(clean / CAPTURE, *fields)
+    normal = sources.fields(attacked.capture, *fields, display_filter="not frame.comment")
+    assert normal == sources.fields(clean / CAPTURE, *fields)
 
 
 def test_labels_cover_exactly_the_commented_packets(everything: Path) -> None:
     labels = [json.loads(line) for line in (everything / LABELS).read_text().splitlines()]
     commented: collections.Counter[int] = collections.Counter()
-    for _number, comment in _tshark_fields(
+    for _number, comment in sources.fields(
         everything / CAPTURE, "frame.number", "frame.comment", display_filter="frame.comment"
     ):
         assert comment.startswith("quaywatch-label: ")
@@ -161,7 +143,7 @@ def test_every_move_has_a_valid_container_id() -> None:
 
 def test_request_response_pairing_and_latency_follow_the_device(clean: Path) -> None:
     """Every Modbus request has one response with its transaction id, within the device's 3-12 ms."""
-    rows = _tshark_fields(
+    rows = sources.fields(
         clean / CAPTURE,
         "frame.time_epoch", "tcp.stream", "mbtcp.trans_id", "tcp.srcport",
         display_filter="modbus",

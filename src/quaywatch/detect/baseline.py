@@ -38,6 +38,7 @@ import duckdb
 import pyarrow as pa
 import yaml
 
+from quaywatch.detect import rollups
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 
 if TYPE_CHECKING:
@@ -274,12 +275,14 @@ def function_code_sources(con: duckdb.DuckDBPyConnection, present: set[str]) -> 
 
 #: Summary rows (detect/rollups.py) of captures that have them, raw rows summarised the same way for the others;
 #: ``learned`` tells a summary of rows before the learning period's end from one of rows after it.
-_SUMMARISED = """
+#: Summary rows keep their evidence in the summary table (read by row id for new items only, _merge_evidence).
+_SUMMARY_ROWS = """
 SELECT {keys}, {extra} count, first_ts, last_ts, NULL AS evidence, rowid AS summary_row,
        last_ts < $until AS learned
 FROM {summary} WHERE capture_id IN ({rolled})
-UNION ALL
-SELECT {keys}, {extra_raw} {aggregates}, NULL::BIGINT AS summary_row, learned FROM (
+"""
+_RAW_ROWS = """
+SELECT {keys}, {extra} {aggregates}, NULL::BIGINT AS summary_row, learned FROM (
     SELECT *, ts < $until AS learned FROM ({raw}) WHERE {raw_filter}
 ) GROUP BY {keys}, learned
 """
@@ -296,24 +299,21 @@ def _summaries(
 ) -> None:
     """Temporary table ``name``: the summary rows of ``summary`` for the captures that have one, and ``raw``
     summarised the same way for the others (each row's learned flag says on which side of ``until`` it lies)."""
-    from quaywatch.detect import rollups
-
     present = rollups.tables(con)
     rolled = rollups.rolled_captures_sql(present, until) if summary in present else None
-    extra = "code_name, " if named else ""
-    extra_raw = "any_value(code_name) AS code_name, " if named else ""
     parts = []
     if rolled is not None:
-        head, tail = _SUMMARISED.split("UNION ALL")
-        parts.append(head.format(keys=keys, extra=extra, summary=summary, rolled=rolled))
+        parts.append(_SUMMARY_ROWS.format(keys=keys, extra="code_name, " if named else "", summary=summary,
+                                          rolled=rolled))  # fmt: skip
     filter_ = _raw_filter(con, present, rolled, until)
     if raw and filter_ is not None:
-        tail = _SUMMARISED.split("UNION ALL")[1]
-        parts.append(tail.format(keys=keys, extra_raw=extra_raw, aggregates=rollups.SUMMARY_AGGREGATES,
-                                 raw=" UNION ALL ".join(raw), raw_filter=filter_))  # fmt: skip
+        parts.append(_RAW_ROWS.format(keys=keys, extra="any_value(code_name) AS code_name, " if named else "",
+                                      aggregates=rollups.SUMMARY_AGGREGATES, raw=" UNION ALL ".join(raw),
+                                      raw_filter=filter_))  # fmt: skip
     if not parts:
         parts.append(
-            f"SELECT {keys}, {extra} NULL::BIGINT AS count, NULL::TIMESTAMPTZ AS first_ts, "
+            f"SELECT {keys}, {'NULL::VARCHAR AS code_name, ' if named else ''}NULL::BIGINT AS count, "
+            "NULL::TIMESTAMPTZ AS first_ts, "
             "NULL::TIMESTAMPTZ AS last_ts, NULL AS evidence, NULL::BIGINT AS summary_row, NULL::BOOLEAN AS learned "
             "WHERE false"
         )
@@ -330,8 +330,6 @@ def _raw_filter(
     """Which raw rows to summarise: all without summaries; else those of the captures without a current summary
     or spanning ``until`` (named, when few: each capture's rows lie together, so the rest is never read); None
     when there are none."""
-    from quaywatch.detect import rollups
-
     if rolled is None:
         return "true"
     if not rollups.all_captures_rolled(con, present):
@@ -351,8 +349,6 @@ _FUNCTION_KEYS = "protocol, client_ip, server_ip, server_port, transport, code"
 
 def _function_codes(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
     """``d8_functions``: function-code summaries per capture (or per raw rows), see :func:`_summaries`."""
-    from quaywatch.detect import rollups
-
     raw = function_code_sources(con, rollups.tables(con))
     _summaries(con, "d8_functions", rollups.FUNCTION_SUMMARY, raw, _FUNCTION_KEYS, until, named=True)
 
@@ -473,8 +469,6 @@ def _function_items(con: duckdb.DuckDBPyConnection) -> tuple[list[dict[str, Any]
     )
     names = [column[0] for column in cursor.description]
     new = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    from quaywatch.detect import rollups
-
     _merge_evidence(con, rollups.FUNCTION_SUMMARY, new)
     return learned, new
 
@@ -531,8 +525,6 @@ _RANGE_COLUMNS = "client_ip, server_ip, unit_id, address_space, range_start, ran
 
 def _register_requests(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
     """``d8_registers``: Modbus address-interval summaries per capture (or per raw rows), see :func:`_summaries`."""
-    from quaywatch.detect import rollups
-
     raw = register_sources(con, rollups.tables(con))
     _summaries(con, "d8_registers", rollups.RANGE_SUMMARY, [raw] if raw else [], _RANGE_COLUMNS, until)
 
@@ -584,8 +576,6 @@ def _range_evidence(
         found = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
     finally:
         con.unregister("d8_wanted_ranges")
-    from quaywatch.detect import rollups
-
     _merge_evidence(con, rollups.RANGE_SUMMARY, found)
     return {tuple(group[name] for name in _RANGE_KEY): group["evidence"] for group in found}
 

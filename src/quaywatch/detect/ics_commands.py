@@ -215,10 +215,6 @@ def _matches(hosts: HostMatch, host: str) -> bool:
     return any(address.version == network.version and address in network for network in hosts.networks)
 
 
-def _tables(con: duckdb.DuckDBPyConnection) -> set[str]:
-    return {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-
-
 #: The columns of every SOURCES query, in order (``rollups.COMMAND_EVENTS`` holds the same).
 COMMAND_COLUMNS = ("protocol", "capture_id", "flow_id", "community_id", "ts", "packet_number", "client", "server",
                    "code", "code_name", "baseline_code", "unit_id", "address", "written", "detail")  # fmt: skip
@@ -236,7 +232,7 @@ def commands(con: duckdb.DuckDBPyConnection) -> list[Command]:
     Captures summarised at analysis are read from ``ics_command_events`` (a few rows), the others from the decoder
     tables (every poll of every PLC); when every capture has its summary the decoder tables are not read at all.
     """
-    present = _tables(con)
+    present = rollups.tables(con)
     selects = command_sources(present)
     rolled = rollups.rolled_captures_sql(present)
     if rolled is not None and rollups.COMMAND_EVENTS in present:
@@ -351,7 +347,7 @@ class _PolicyJudge:
 
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
     """One alert per (client, server, protocol, action) of commands neither the policy nor the baseline allows."""
-    present = _tables(con)  # duckdb_tables() lists the engine's temporary context tables too
+    present = rollups.tables(con)  # duckdb_tables() lists the engine's temporary context tables too
     found = commands(con)
     if not found:
         return []

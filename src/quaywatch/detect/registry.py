@@ -254,10 +254,9 @@ def run_detections(
             continue
         names.append(rule.id)
         tasks.append(functools.partial(_run_rule, rule=rule, context=context))
-    module_names: set[str] = set()
+    rule_tasks = len(tasks)
     for module in MODULES if modules is None else modules:
         name = str(getattr(module, "DETECTION", module.__name__))
-        module_names.add(name)
         missing = [table for table in getattr(module, "REQUIRES", ()) if table not in present]
         if missing:
             summary.skipped[name] = f"no table {', '.join(missing)} in the store"
@@ -267,7 +266,6 @@ def run_detections(
     if workers > 1 and len(tasks) > 1:
         # The slowest first, so that no long detection starts last: modules (statistics over every flow) before
         # rules (one query each); the outcomes keep the task order.
-        rule_tasks = sum(1 for name in names if name not in module_names)
         order = [*range(rule_tasks, len(tasks)), *range(rule_tasks)]
         ran_in_order = _in_workers(con, [tasks[index] for index in order], workers)
         outcomes: list[_Outcome] = [_Outcome()] * len(tasks)

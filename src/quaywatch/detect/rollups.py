@@ -149,6 +149,7 @@ SUMMARY_AGGREGATES = (
 
 
 def tables(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Every table of the connection, main and temporary (the engine's context tables are temporary)."""
     return {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
 
 

@@ -5,37 +5,18 @@ from __future__ import annotations
 
 import collections
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import pytest
 
 from quaywatch.analysis import Analyzer
 from quaywatch.sim.simulate import CAPTURE, LABELS, TRUTH, simulate
 from quaywatch.store.database import Store
+from tests.sim.sources import fields
 
 SEED = 7
 DURATION = 45.0
-
-
-def tshark() -> str:
-    path = shutil.which("tshark") or ("/usr/bin/tshark" if Path("/usr/bin/tshark").exists() else None)
-    if path is None:
-        pytest.fail("tshark is not installed: run `make system-packages` (Debian package tshark)")
-    return path
-
-
-def fields(capture: Path, *names: str, display_filter: str | None = None) -> list[list[str]]:
-    command = [tshark(), "-r", str(capture), "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a"]
-    if display_filter:
-        command += ["-Y", display_filter]
-    for name in names:
-        command += ["-e", name]
-    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return [line.split("\t") for line in output.splitlines()]
 
 
 def run(directory: Path, scenarios: list[tuple[str, dict[str, Any]]]) -> Path:
