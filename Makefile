@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/python -m quaywatch.demo
 
 test: $(STAMP) system-packages
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q
 
 bench: $(STAMP) system-packages
 	$(BIN)/python bench/run.py

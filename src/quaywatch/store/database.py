@@ -180,7 +180,10 @@ class Store:
     def begin_capture(self, capture_id: str, name: str, path: str, file_bytes: int, version: str) -> None:
         """Register a capture as running, removing rows of an earlier interrupted run."""
         self.flush()
-        self.remove_capture(capture_id)
+        if self.capture_record(capture_id) is not None:
+            # An earlier run left rows. The captures row is written before any data row (below), so a capture
+            # without one has none to remove: skipping the deletes saves about 0.1 s per capture on 70 tables.
+            self.remove_capture(capture_id)
         self.written = set()
         self.append(
             "captures",
@@ -202,12 +205,16 @@ class Store:
         self.flush()  # the running row must be on disk before any data row
 
     def remove_capture(self, capture_id: str) -> None:
-        for table in self.tables():
-            columns = self.connection.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
-            ).fetchall()
-            if ("capture_id",) in columns:
-                self.connection.execute(f'DELETE FROM "{table}" WHERE capture_id = ?', [capture_id])
+        """Delete every row of one capture, in every table that has a capture_id column."""
+        self.flush()
+        tables = self.connection.execute(
+            "SELECT c.table_name FROM information_schema.columns c JOIN information_schema.tables t "
+            "ON t.table_schema = c.table_schema AND t.table_name = c.table_name "
+            "WHERE c.table_schema = 'main' AND t.table_type = 'BASE TABLE' AND c.column_name = 'capture_id' "
+            "ORDER BY 1"
+        ).fetchall()
+        for (table,) in tables:
+            self.connection.execute(f'DELETE FROM "{table}" WHERE capture_id = ?', [capture_id])
 
     def finish_capture(self, capture_id: str, values: dict[str, object]) -> None:
         self.flush()
