@@ -14,12 +14,18 @@ default); UDP over IPv6 gets its mandatory checksum.
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import struct
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
 
 import numpy as np
+import yaml
 
 MSS = 1448
 TO_SERVER = 0
@@ -249,17 +255,102 @@ def tls_record(content_type: int, body: bytes, version: int = 0x0303) -> bytes:
     return struct.pack("!BHH", content_type, version, len(body)) + body
 
 
-def client_hello(server_name: str, random: bytes = bytes(32)) -> bytes:
-    """A TLS 1.3-capable ClientHello handshake message with SNI, ALPN and the usual groups."""
+@dataclass(frozen=True, slots=True)
+class TlsClientProfile:
+    """The ClientHello shape of one client family (data/sim/tls_clients.yaml): what JA3 and JA4 see."""
+
+    name: str
+    cipher_suites: tuple[int, ...]
+    extensions: tuple[str, ...]
+    groups: tuple[int, ...]
+    signature_algorithms: tuple[int, ...]
+    alpn: tuple[str, ...]
+    versions: tuple[int, ...]
+
+
+@cache
+def _tls_clients() -> dict[str, Any]:
+    text = resources.files("quaywatch.data").joinpath("sim", "tls_clients.yaml").read_text(encoding="utf-8")
+    document: dict[str, Any] = yaml.safe_load(text)
+    return document
+
+
+@cache
+def tls_client(name: str) -> TlsClientProfile:
+    """A client profile by name; the file's ``scenario_clients`` and ``office_browsers`` name them."""
+    entry = _tls_clients()["profiles"][name]
+    return TlsClientProfile(
+        name, tuple(entry["cipher_suites"]), tuple(entry["extensions"]), tuple(entry["groups"]),
+        tuple(entry["signature_algorithms"]), tuple(entry["alpn"]), tuple(entry["versions"]),
+    )  # fmt: skip
+
+
+def scenario_tls_client(scenario: str) -> TlsClientProfile:
+    """The TLS stack an attack scenario's client uses (its implant or device), so JA4 can single it out."""
+    return tls_client(str(_tls_clients()["scenario_clients"][scenario]))
+
+
+def office_tls_client(mac: bytes | str) -> TlsClientProfile:
+    """A laptop's browser, the same for the whole run: picked from its MAC address in the file's shares."""
+    shares: dict[str, float] = _tls_clients()["office_browsers"]
+    point = (zlib.crc32(mac if isinstance(mac, bytes) else mac.encode()) % 10_000) / 10_000 * sum(shares.values())
+    for name, share in shares.items():
+        if point < share:
+            return tls_client(name)
+        point -= share
+    return tls_client(next(reversed(shares)))
+
+
+def _u16_list(values: Sequence[int], length_bytes: int = 2) -> bytes:
+    body = b"".join(value.to_bytes(2, "big") for value in values)
+    return len(body).to_bytes(length_bytes, "big") + body
+
+
+def _extension(name: str, server_name: bytes, random: bytes, profile: TlsClientProfile) -> bytes:
+    """One extension's code point and body (RFC 8446 section 4.2 and the RFCs the data file cites)."""
+    if name == "server_name":
+        entry = b"\x00" + len(server_name).to_bytes(2, "big") + server_name
+        code, body = 0x0000, len(entry).to_bytes(2, "big") + entry
+    elif name == "supported_groups":
+        code, body = 0x000A, _u16_list(profile.groups)
+    elif name == "ec_point_formats":
+        code, body = 0x000B, b"\x01\x00"
+    elif name == "signature_algorithms":
+        code, body = 0x000D, _u16_list(profile.signature_algorithms)
+    elif name == "alpn":
+        protocols = b"".join(len(p).to_bytes(1, "big") + p.encode() for p in profile.alpn)
+        code, body = 0x0010, len(protocols).to_bytes(2, "big") + protocols
+    elif name == "supported_versions":
+        code, body = 0x002B, _u16_list(profile.versions, 1)
+    elif name == "key_share":
+        share = b"\x00\x1d" + (32).to_bytes(2, "big") + hashlib.sha256(random).digest()  # x25519
+        code, body = 0x0033, len(share).to_bytes(2, "big") + share
+    else:
+        code, body = _FIXED_EXTENSIONS[name]
+    return code.to_bytes(2, "big") + len(body).to_bytes(2, "big") + body
+
+
+#: Extensions whose body does not depend on the profile.
+_FIXED_EXTENSIONS = {
+    "status_request": (0x0005, b"\x01\x00\x00\x00\x00"),
+    "heartbeat": (0x000F, b"\x01"),
+    "signed_certificate_timestamp": (0x0012, b""),
+    "encrypt_then_mac": (0x0016, b""),
+    "extended_master_secret": (0x0017, b""),
+    "compress_certificate": (0x001B, b"\x02\x00\x02"),
+    "record_size_limit": (0x001C, b"\x40\x01"),
+    "session_ticket": (0x0023, b""),
+    "psk_key_exchange_modes": (0x002D, b"\x01\x01"),
+    "renegotiation_info": (0xFF01, b"\x00"),
+}
+
+
+def client_hello(server_name: str, random: bytes = bytes(32), profile: TlsClientProfile | None = None) -> bytes:
+    """A ClientHello handshake message with SNI, in the shape of ``profile`` (the minimal generic client if None)."""
+    profile = profile or tls_client("generic")
     name = server_name.encode()
-    entry = b"\x00" + len(name).to_bytes(2, "big") + name
-    extensions = b"\x00\x00" + (len(entry) + 2).to_bytes(2, "big") + len(entry).to_bytes(2, "big") + entry
-    extensions += bytes.fromhex("000a000800060017001d0018")  # supported groups
-    extensions += bytes.fromhex("000b00020100")  # EC point formats
-    extensions += bytes.fromhex("000d00080006040305030804")  # signature algorithms
-    extensions += bytes.fromhex("0010000b000908687474702f312e31")  # ALPN http/1.1
-    extensions += bytes.fromhex("002b00050403040303")  # supported versions
-    ciphers = bytes.fromhex("130113021303c02bc02fc02cc030")
+    extensions = b"".join(_extension(extension, name, random, profile) for extension in profile.extensions)
+    ciphers = b"".join(suite.to_bytes(2, "big") for suite in profile.cipher_suites)
     body = (
         b"\x03\x03" + random + b"\x20" + random + len(ciphers).to_bytes(2, "big") + ciphers + b"\x01\x00"
         + len(extensions).to_bytes(2, "big") + extensions

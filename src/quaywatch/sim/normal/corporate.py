@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from quaywatch.sim.engine import SimulationContext, Source
-from quaywatch.sim.frames import FrameBlock, client_hello, server_hello, tls_record
+from quaywatch.sim.frames import FrameBlock, client_hello, office_tls_client, server_hello, tls_record
 from quaywatch.sim.model import Device
 from quaywatch.sim.normal.background import dns_lookup, services
 from quaywatch.sim.normal.streams import TcpStream, merge
@@ -222,7 +222,8 @@ class CorporateBrowsing(Source):
         leaf, ca = certificate_chain(self.context.seed, target.domain, issuer, self.context.start)
         client_random = self.random.bytes(32)
         server_random = self.random.bytes(32)
-        hello = tls_record(22, client_hello(target.domain, client_random), 0x0301)
+        browser = office_tls_client(stream.sides[0].mac)  # each laptop keeps its browser
+        hello = tls_record(22, client_hello(target.domain, client_random, browser), 0x0301)
         certificates = b"".join(len(der).to_bytes(3, "big") + der for der in (leaf, ca))
         certificate = (
             b"\x0b" + (len(certificates) + 3).to_bytes(3, "big") + (len(certificates)).to_bytes(3, "big") + certificates

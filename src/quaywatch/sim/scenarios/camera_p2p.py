@@ -156,7 +156,7 @@ class CameraP2P(ScheduledScenario):
 
     def _platform(self, moment: float) -> list[FrameBlock]:
         camera, platform = self.context.endpoints(self.camera, self.platform)
-        exchanges = tls_opening(self.platform.domain, self.random)
+        exchanges = tls_opening(self.platform.domain, self.random, self.name)
         exchanges += [(TO_SERVER, tls_data(self.random, 520), 0.003), (TO_CLIENT, tls_data(self.random, 310), 0.09)]
         blocks, _ = tcp_session(
             camera, platform, self.ports.take(), 443, moment, exchanges, "tcp", label=self.tls_label,

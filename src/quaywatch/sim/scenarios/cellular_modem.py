@@ -240,7 +240,7 @@ class CellularModem(ScheduledScenario):
         return int(self.random.integers(1, 2**31)), int(self.random.integers(1, 2**31))
 
     def _beacon(self, moment: float) -> list[FrameBlock]:
-        exchanges = tls_opening(self.cloud.domain, self.random)
+        exchanges = tls_opening(self.cloud.domain, self.random, self.name)
         exchanges.append((TO_SERVER, tls_data(self.random, 176 + int(self.random.integers(0, 9))), 0.002))
         exchanges.append((TO_CLIENT, tls_data(self.random, 64 + int(self.random.integers(0, 5))), 0.09))
         blocks, _ = tcp_session(

@@ -157,7 +157,7 @@ class ContainerExfiltration(ScheduledScenario):
             exchanges.append((TO_SERVER, MQTT_DISCONNECT, 0.01))
         else:
             size = sum(120 + len(move.container) for move in moves)
-            exchanges = tls_opening(self.sink.domain, self.random)
+            exchanges = tls_opening(self.sink.domain, self.random, self.name)
             exchanges += [(TO_SERVER, tls_data(self.random, 400 + size), 0.003),
                           (TO_CLIENT, tls_data(self.random, 90), 0.1)]  # fmt: skip
         blocks, _ = tcp_session(

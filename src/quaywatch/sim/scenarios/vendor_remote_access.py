@@ -143,7 +143,8 @@ class VendorRemoteAccess(ScheduledScenario):
         selected = struct.pack("<BBHI", 2, 0x1F, 8, 0x02)  # RDP_NEG_RSP: PROTOCOL_HYBRID (CredSSP over TLS)
         confirm = _tpkt(bytes([6 + len(selected), 0xD0, 0, 0, 0x12, 0x34, 0]) + selected)
         server_name = str(self.parameters["target"]).upper()
-        return [(TO_SERVER, request, 0.0), (TO_CLIENT, confirm, 0.004), *tls_opening(server_name, self.random)]
+        opening = tls_opening(server_name, self.random, self.name)
+        return [(TO_SERVER, request, 0.0), (TO_CLIENT, confirm, 0.004), *opening]
 
     def _vnc_opening(self) -> list[Exchange]:
         name = str(reference("vendor_remote_access")["desktop_name"]).encode()

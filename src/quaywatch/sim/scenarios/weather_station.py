@@ -171,7 +171,7 @@ class WeatherStationMalware(PlannedScenario):
             if moment < self.context.start:
                 continue
             if protocol == "https":
-                exchanges = [(d, p, delay, "tls") for d, p, delay in tls_opening(c2.domain, self.random)]
+                exchanges = [(d, p, delay, "tls") for d, p, delay in tls_opening(c2.domain, self.random, self.name)]
                 exchanges += [
                     (0, tls_data(self.random, int(self.random.integers(380, 520))), 0.002, "tls"),
                     (1, tls_data(self.random, int(self.random.integers(90, 160))), 0.09, "tls"),

@@ -26,7 +26,7 @@ import numpy as np
 import yaml
 
 from quaywatch.sim.engine import Scenario, SimulationContext
-from quaywatch.sim.frames import Endpoint, FrameBlock, client_hello, server_hello, tls_record
+from quaywatch.sim.frames import Endpoint, FrameBlock, client_hello, scenario_tls_client, server_hello, tls_record
 from quaywatch.sim.model import Device, TerminalModel
 from quaywatch.sim.pending import PendingFrames
 
@@ -168,11 +168,15 @@ def ip_option(*addresses: str) -> bytes:
 # -- TLS --------------------------------------------------------------------------------------------------------
 
 
-def tls_opening(server_name: str, random: np.random.Generator) -> list[tuple[int, bytes, float]]:
-    """ClientHello with SNI, ServerHello + ChangeCipherSpec + Finished, the client's CCS + Finished."""
+def tls_opening(server_name: str, random: np.random.Generator, scenario: str) -> list[tuple[int, bytes, float]]:
+    """ClientHello with SNI, ServerHello + ChangeCipherSpec + Finished, the client's CCS + Finished.
+
+    The ClientHello has the shape of the scenario's TLS stack (data/sim/tls_clients.yaml), so its JA4 is the
+    implant's or device's own, not the office browsers'.
+    """
     client_random = random.bytes(32)
     server_random = random.bytes(32)
-    hello = tls_record(22, client_hello(server_name, client_random), 0x0301)
+    hello = tls_record(22, client_hello(server_name, client_random, scenario_tls_client(scenario)), 0x0301)
     answer = tls_record(22, server_hello(server_random)) + tls_record(20, b"\x01") + tls_record(22, random.bytes(40))
     finish = tls_record(20, b"\x01") + tls_record(22, random.bytes(40))
     return [(0, hello, 0.0), (1, answer, 0.02), (0, finish, 0.003)]
