@@ -5,13 +5,17 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import duckdb
 import pytest
 
+from quaywatch.analysis import Analyzer
 from quaywatch.detect import ics_commands, registry
 from quaywatch.detect.context import DetectionContext
 from quaywatch.detect.registry import run_detections
 from quaywatch.policy.load import load_policy, load_policy_text
 from quaywatch.policy.model import Policy
+from quaywatch.store.database import Store
+from tests.conftest import RESEARCH_DATA
 from tests.detect.simulated_d6_d7 import analysed, connect, labels
 
 OFFICE_ENGINEER = """
@@ -137,3 +141,78 @@ def test_each_protocol_command_maps_to_the_action_its_severity_follows(
     protocol: str, code: int, detail: str | None, name: str | None, action: str
 ) -> None:
     assert ics_commands.action_of(protocol, code, detail, name) == action
+
+
+# -- setpoints beyond Modbus, on real captures -----------------------------------------------------------------
+
+SETPOINT_CAPTURES = {
+    # IEC 104 C_SE_NC_1 (type 50, short float) set-point commands in activation to IOA 5020: 12, 12, -43.5, -43.5.
+    "iec104": ("iti-ics-security-tools/pcaps/IEC60870-5-104/090813_diverse.pcap", "address: 5020"),
+    # opendnp3 conformance: group 41 analog output blocks, value 10, by SELECT, OPERATE and DIRECT_OPERATE.
+    "dnp3": ("iti-ics-security-tools/pcaps/dnp3/opendnp3-3/conformance/8.4.4.2/dump.pcap", "address: 19"),
+    # open62541's client writes Int32 2 to the variable ns=1;s=the.answer.
+    "opcua": ("icsnpp-opcua-binary/pcaps/open62541_client-server_mainloop.pcap", "node: 'ns=1;s=the.answer'"),
+}
+
+
+def _setpoint_store(tmp_path: Path, relative: str) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    path = RESEARCH_DATA / relative
+    if not path.exists():
+        pytest.skip(f"research capture {path} not found")
+    store = Store(tmp_path / "q.duckdb")
+    Analyzer(store).analyze(path)
+    store.flush()
+    servers = [row[0] for row in store.connection.execute("SELECT DISTINCT server_ip FROM flows").fetchall()]
+    return store.connection, servers
+
+
+def _bounded_policy(servers: list[str], protocol: str, where: str, bounds: str) -> Policy:
+    """Every server is an engineering host's target, so only a bound can make the writes an alert."""
+    targets = ", ".join(f'"{server}"' for server in servers)
+    text = f"""zones:
+- {{name: plant, cidrs: ["0.0.0.0/0", "::/0"]}}
+engineering_hosts:
+- name: everyone
+  hosts: ["0.0.0.0/0", "::/0"]
+  zones: [plant]
+  operations: [read, write, download, upload, stop, start, control, diagnostics, identify]
+setpoints:
+- {{name: bounded, targets: [{targets}], protocol: {protocol}, {where}, {bounds}}}
+"""
+    policy, problems = load_policy_text(text)
+    assert not [problem for problem in problems if problem.severity == "error"], problems
+    assert len(policy.setpoints) == 1
+    return policy
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("protocol", sorted(SETPOINT_CAPTURES))
+def test_setpoints_bound_iec104_dnp3_and_opcua_writes(protocol: str, tmp_path: Path) -> None:
+    relative, where = SETPOINT_CAPTURES[protocol]
+    con, servers = _setpoint_store(tmp_path, relative)
+    inside = ics_commands.detect(
+        con, DetectionContext(policy=_bounded_policy(servers, protocol, where, "min: -1000, max: 1000"))
+    )
+    assert inside == []  # authorised and in bounds: quiet
+    tight = _bounded_policy(servers, protocol, where, "min: 0, max: 1")
+    alerts = [a for a in ics_commands.detect(con, DetectionContext(policy=tight)) if a.key["protocol"] == protocol]
+    assert alerts, f"no {protocol} setpoint alert"
+    violations = [v for alert in alerts for v in alert.evidence.values["setpoint_violations"]]
+    expected = {"iec104": "IOA 5020", "dnp3": "analog output 19", "opcua": "node ns=1;s=the.answer"}[protocol]
+    assert violations and {v["object"] for v in violations} == {expected}
+    assert all(v["value"] < 0 or v["value"] > 1 for v in violations)
+    for alert in alerts:
+        assert alert.severity == "critical" and "outside setpoint bounds" in alert.title
+        assert [c.name for c in alert.score_components] == ["operation", "setpoint bounds"]  # authorised writer
+        assert expected in alert.score_components[1].explanation
+    # Every violation belongs to one command of its alert: as many as the commands that carried a bounded value.
+    counted = {
+        "iec104": "SELECT count(*) FROM iec104 WHERE is_command AND cause = 6 "
+        "AND information_object_addresses[1] = 5020 AND (setpoint < 0 OR setpoint > 1)",
+        "dnp3": 'SELECT count(*) FROM dnp3_control WHERE direction = \'to_server\' AND "group" = 41 AND "index" = 19 '
+        "AND function_code IN (4, 5, 6)",
+        "opcua": "SELECT count(*) FROM opcua_item WHERE service = 'WriteRequest' AND node_id = 'ns=1;s=the.answer' "
+        "AND attribute_id = 13 AND TRY_CAST(value AS DOUBLE) > 1",
+    }[protocol]
+    (rows,) = con.execute(counted).fetchone() or (0,)
+    assert len(violations) == rows > 0

@@ -6,8 +6,9 @@ operations, zones or targets) and conduits whose ``allow`` lists the function or
 request of every ICS decoder (Modbus writes, S7comm write/stop/download/upload/PI services, CIP services that
 control the device, OPC UA Write/Call, DCP Set, DNP3 control/restart/write, IEC 104 commands, BACnet
 WriteProperty/ReinitializeDevice/DeviceCommunicationControl) is judged; anything neither allows is an alert, one
-per client, server, protocol and operation. A written Modbus value outside the policy's ``setpoints`` bounds is
-an alert too, whoever wrote it, with the bound violation as its own score component.
+per client, server, protocol and operation. A written value outside the policy's ``setpoints`` bounds (a Modbus
+register, an IEC 104 set-point command's information object, a DNP3 analog output, an OPC UA variable) is an alert
+too, whoever wrote it, with the bound violation as its own score component.
 
 Without a policy the commands are judged against what the learning period saw each client send each server
 (:func:`quaywatch.detect.baseline.learned_operations`); without a learning period either the module stays silent,
@@ -278,6 +279,68 @@ def setpoint_violations(command: Command, setpoints: Iterable[Setpoint]) -> list
     return out
 
 
+#: Where the written values of the other protocols' setpoints are: per protocol, its table and a SELECT of
+#: (capture_id, packet_number, server, address, node, value). Read only when the policy bounds that protocol, since
+#: the tables hold every measurement too. IEC 104: set-point commands in activation (C_SE_*, with or without time
+#: tag); DNP3: analog output blocks (group 41) of OPERATE, DIRECT_OPERATE and DIRECT_OPERATE_NR (SELECT only arms
+#: them); OPC UA: Write requests of a Value attribute (13) whose value reads as a number.
+VALUE_SOURCES: dict[str, tuple[str, str]] = {
+    "iec104": (
+        "iec104",
+        "SELECT capture_id, packet_number, server_ip, information_object_addresses[1], NULL::VARCHAR, setpoint "
+        f"FROM iec104 WHERE is_command AND cause = 6 AND setpoint IS NOT NULL "
+        f"AND type_id IN ({', '.join(map(str, sorted(IEC104_SETPOINTS)))})",
+    ),
+    "dnp3": (
+        "dnp3_control",
+        'SELECT capture_id, packet_number, server_ip, "index", NULL::VARCHAR, value FROM dnp3_control '
+        "WHERE direction = 'to_server' AND \"group\" = 41 AND function_code IN (4, 5, 6) AND value IS NOT NULL",
+    ),
+    "opcua": (
+        "opcua_item",
+        "SELECT capture_id, packet_number, server_ip, NULL::BIGINT, node_id, TRY_CAST(value AS DOUBLE) FROM opcua_item "
+        "WHERE service = 'WriteRequest' AND attribute_id = 13 AND TRY_CAST(value AS DOUBLE) IS NOT NULL",
+    ),
+}
+#: How a violation names the bounded value, per protocol.
+VALUE_OBJECT = {"iec104": "IOA", "dnp3": "analog output", "opcua": "node"}
+
+
+def value_violations(
+    con: duckdb.DuckDBPyConnection, setpoints: Iterable[Setpoint], present: set[str]
+) -> dict[tuple[str, str, int | None], list[dict[str, Any]]]:
+    """Set-point values outside their bounds in IEC 104, DNP3 and OPC UA writes, keyed by (protocol, capture,
+    packet) so each attaches to the command it came with. Modbus values travel with the command itself."""
+    bounded: dict[str, list[Setpoint]] = {}
+    for setpoint in setpoints:
+        if setpoint.protocol in VALUE_SOURCES:
+            bounded.setdefault(setpoint.protocol, []).append(setpoint)
+    out: dict[tuple[str, str, int | None], list[dict[str, Any]]] = {}
+    for protocol, candidates in sorted(bounded.items()):
+        table, sql = VALUE_SOURCES[protocol]
+        if table not in present:
+            continue
+        for capture_id, packet, server, address, node, value in con.execute(sql + " ORDER BY ts").fetchall():
+            for setpoint in candidates:
+                where = node if protocol == "opcua" else address
+                if where != (setpoint.node if protocol == "opcua" else setpoint.address):
+                    continue
+                if server is None or not _matches(setpoint.targets, str(server)):
+                    continue
+                low, high = setpoint.minimum, setpoint.maximum
+                if (low is not None and value < low) or (high is not None and value > high):
+                    out.setdefault((protocol, str(capture_id), packet), []).append(
+                        {"setpoint": setpoint.name, "object": f"{VALUE_OBJECT[protocol]} {where}", "value": value,
+                         "min": low, "max": high}
+                    )  # fmt: skip
+    return out
+
+
+def _bounded_value(violation: dict[str, Any]) -> str:
+    where = violation["object"] if "object" in violation else f"register {violation['register']}"
+    return f"{violation['setpoint']} ({where}) = {violation['value']} outside [{violation['min']}, {violation['max']}]"
+
+
 class _PolicyJudge:
     """Whether the policy authorises a command: an engineering host for the target, or the conduit's allow."""
 
@@ -355,6 +418,7 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     groups: dict[tuple[str, str, str, str], _Group] = {}
     if policy is not None:
         judge = _PolicyJudge(con, policy, present, found)
+        bounded = value_violations(con, policy.setpoints, present) if policy.setpoints else {}
         verdicts: dict[tuple[Any, ...], tuple[bool, str]] = {}  # thousands of commands, a few distinct ones
         for command in found:
             conduit = judge.conduits.get((command.capture_id, str(command.flow_id)))
@@ -365,6 +429,7 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
                 verdict = verdicts[same] = judge.authorised(command)
             allowed, reason = verdict
             violations = setpoint_violations(command, policy.setpoints)
+            violations += bounded.pop((command.protocol, command.capture_id, command.packet_number), [])
             if allowed and not violations:
                 continue
             group = groups.setdefault((command.client, command.server, command.protocol, command.action), _Group())
@@ -428,10 +493,7 @@ def _alert(key: tuple[str, str, str, str], group: _Group, judged_by: str, zones:
             )
         )  # fmt: skip
     if group.violations:
-        shown = ", ".join(
-            f"{v['setpoint']} (register {v['register']}) = {v['value']} outside [{v['min']}, {v['max']}]"
-            for v in group.violations[:5]
-        )
+        shown = ", ".join(_bounded_value(violation) for violation in group.violations[:5])
         components.append(ScoreComponent("setpoint bounds", float(len(group.violations)), 0.3,
                                          f"Written value(s) outside the policy's safe bounds: {shown}."))  # fmt: skip
         if severity == "high":

@@ -802,8 +802,16 @@ def _container(
     return tuple(out)
 
 
-SETPOINT_KEYS = ("name", "targets", "protocol", "address", "unit_id", "min", "max", "description")
-SETPOINT_PROTOCOLS = ("modbus",)
+SETPOINT_KEYS = ("name", "targets", "protocol", "address", "node", "unit_id", "min", "max", "description")
+SETPOINT_PROTOCOLS = ("modbus", "iec104", "dnp3", "opcua")
+#: What ``address`` means per protocol and its range: a Modbus holding register; an IEC 60870-5-104 information
+#: object address (3 octets, IEC 60870-5-104 section 7.2.5 as used by IEC 60870-5-101); a DNP3 analog output point
+#: index (IEEE 1815 object prefixes and ranges go to 32 bits). OPC UA names the variable with ``node`` instead.
+SETPOINT_ADDRESSES = {
+    "modbus": (65535, "a register address"),
+    "iec104": (16_777_215, "an information object address"),
+    "dnp3": (4_294_967_295, "an analog output point index"),
+}
 
 
 def _bound(check: _Checker, node: yaml.Node, path: str) -> float | None:
@@ -819,7 +827,7 @@ def _setpoints(check: _Checker, node: yaml.Node | None) -> tuple[Setpoint, ...]:
     out: list[Setpoint] = []
     seen: set[str] = set()
     for path, item in _items(check, node, "setpoints"):
-        keys = check.mapping(item, path, SETPOINT_KEYS, ("name", "targets", "protocol", "address"))
+        keys = check.mapping(item, path, SETPOINT_KEYS, ("name", "targets", "protocol"))
         if keys is None:
             continue
         name = check.name(keys.get("name"), f"{path}.name")
@@ -830,11 +838,24 @@ def _setpoints(check: _Checker, node: yaml.Node | None) -> tuple[Setpoint, ...]:
             if "protocol" in keys
             else None
         )
-        address = (
-            check.integer(keys["address"], f"{path}.address", 0, 65535, "a register address")
-            if "address" in keys
-            else None
-        )
+        address: int | None = None
+        node_id = ""
+        if protocol == "opcua":
+            if "address" in keys:
+                check.error(keys["address"], f"{path}.address", "an OPC UA setpoint names its variable with 'node'")
+            if "node" not in keys:
+                check.error(item, path, "give the variable's NodeId as 'node', e.g. ns=2;s=Crane1.HoistSpeedLimit")
+            node_id = check.text(keys.get("node"), f"{path}.node").strip()
+        elif protocol is not None:
+            highest, what = SETPOINT_ADDRESSES[protocol]
+            if "node" in keys:
+                check.error(keys["node"], f"{path}.node", f"only OPC UA setpoints have a node; {protocol} uses address")
+            if "address" not in keys:
+                check.error(item, path, f"give {what} as 'address'")
+            else:
+                address = check.integer(keys["address"], f"{path}.address", 0, highest, what)
+        if "unit_id" in keys and protocol not in (None, "modbus"):
+            check.error(keys["unit_id"], f"{path}.unit_id", "unit_id is a Modbus unit; leave it out for " + protocol)
         unit_id = check.integer(keys["unit_id"], f"{path}.unit_id", 0, 255, "a unit id") if "unit_id" in keys else None
         low = _bound(check, keys["min"], f"{path}.min") if "min" in keys else None
         high = _bound(check, keys["max"], f"{path}.max") if "max" in keys else None
@@ -845,7 +866,9 @@ def _setpoints(check: _Checker, node: yaml.Node | None) -> tuple[Setpoint, ...]:
             continue
         description = check.text(keys.get("description"), f"{path}.description")
         bad_bound = ("min" in keys and low is None) or ("max" in keys and high is None)
-        if protocol is None or address is None or bad_bound or (low is None and high is None):
+        located = bool(node_id) if protocol == "opcua" else address is not None
+        if protocol is None or not located or bad_bound or (low is None and high is None):
             continue  # an unusable bound must not silently become "no bound"
-        out.append(Setpoint(name, targets, protocol, address, low, high, unit_id, description, _line(item)))
+        line = _line(item)
+        out.append(Setpoint(name, targets, protocol, address or 0, low, high, unit_id, description, line, node_id))
     return tuple(out)

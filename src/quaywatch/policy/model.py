@@ -169,13 +169,14 @@ class Setpoint:
 
     name: str
     targets: HostMatch
-    protocol: str  # modbus
-    address: int  # Modbus holding register or coil address
+    protocol: str  # modbus, iec104, dnp3 or opcua
+    address: int  # Modbus holding register, IEC 104 information object address, DNP3 analog output index
     minimum: float | None = None
     maximum: float | None = None
     unit_id: int | None = None
     description: str = ""
     line: int = 0
+    node: str = ""  # OPC UA: the variable's NodeId as written (ns=2;s=...)
 
 
 @dataclass(frozen=True, slots=True)
