@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -103,3 +104,54 @@ def test_workers_give_the_same_alerts_in_the_same_order(tmp_path: Path) -> None:
     assert results[0] == results[1]
     assert len(results[0][0]) >= 5 and {name.split(".")[0] for name in results[0][1] if results[0][1][name]} >= {
         "D1", "D6", "D7", "D8"}  # fmt: skip
+
+
+def test_a_module_in_parts_runs_them_on_workers_and_combines_them_in_order() -> None:
+    """``PARTS``: each part is a task of its own (so two workers can share a long module), ``combine`` gets their
+    results in ``PARTS`` order whatever order they finished in, and one worker gives the same alerts."""
+    ran: list[tuple[str, str]] = []
+
+    def detect_part(connection: duckdb.DuckDBPyConnection, context: DetectionContext, part: str) -> list[str]:
+        connection.execute("SELECT sum(range) FROM range(200000)").fetchall()
+        ran.append((part, threading.current_thread().name))
+        return [part]
+
+    def combine(context: DetectionContext, results: list[list[str]]) -> list[Alert]:
+        names = [name for result in results for name in result]
+        return [Alert("D4.beaconing", "parts", {"parts": ",".join(names)}, "low", 0.5, ["T0869"], NOW, NOW, 1, "x")]
+
+    def detect(connection: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
+        return combine(context, [detect_part(connection, context, part) for part in parted.PARTS])
+
+    parted = SimpleNamespace(DETECTION="D4.beaconing", REQUIRES=(), PARTS={"small": 0.1, "large": 0.3},
+                             detect_part=detect_part, combine=combine, detect=detect, __name__="beaconing")  # fmt: skip
+    keys = []
+    for workers in (1, 2):
+        ran.clear()
+        con = duckdb.connect()
+        summary = run_detections(con, DetectionContext(now=NOW), rules=[], modules=[parted], workers=workers)  # type: ignore[list-item]
+        keys.append(con.execute("SELECT key_json FROM alerts").fetchall())
+        assert summary.alerts == {"D4.beaconing": 1} and not summary.failed
+        assert summary.seconds["D4.beaconing"] > 0
+        if workers == 2:  # the costlier part starts first, each part on a worker of its own
+            assert [part for part, _ in ran] in (["large", "small"], ["small", "large"])
+            assert all(name.startswith("detect-") for _, name in ran)
+    assert keys[0] == keys[1] == [('{"parts": "small,large"}',)]
+
+
+def test_a_failing_part_fails_its_module_and_the_others_still_run() -> None:
+    def detect_part(connection: duckdb.DuckDBPyConnection, context: DetectionContext, part: str) -> list[str]:
+        if part == "broken":
+            connection.execute("SELECT no_such_column FROM range(1)")
+        return [part]
+
+    def combine(context: DetectionContext, results: list[list[str]]) -> list[Alert]:
+        return []
+
+    parted = SimpleNamespace(DETECTION="D4.beaconing", REQUIRES=(), PARTS={"fine": 0.2, "broken": 0.1},
+                             detect_part=detect_part, combine=combine, __name__="beaconing")  # fmt: skip
+    other = SimpleNamespace(DETECTION="D5.dns-tunnelling", REQUIRES=(), detect=lambda con, context: [],
+                            __name__="dns_tunnelling")  # fmt: skip
+    summary = run_detections(duckdb.connect(), DetectionContext(now=NOW), rules=[], modules=[parted, other], workers=2)  # type: ignore[list-item]
+    assert set(summary.failed) == {"D4.beaconing"} and "no_such_column" in summary.failed["D4.beaconing"]
+    assert summary.alerts == {"D5.dns-tunnelling": 0}

@@ -135,3 +135,57 @@ def test_summaries_alone_suffice_when_no_capture_spans_the_learning_end(site: Pa
     summarised = _alerts(site, "summarised", options, policy=True)
     emptied = ";".join(f"DELETE FROM {table}" for table in RAW_TABLES)
     assert _alerts(site, "summaries-only", options, policy=True, change=emptied) == summarised
+
+
+def test_a_capture_read_raw_keeps_its_rows_without_a_timestamp(site: Path, tmp_path: Path) -> None:
+    """The capture spanning the learning end is read raw, named with its time span so that DuckDB skips the other
+    captures' row groups: rows without a time (NULL, or 0 from a pcapng simple packet block) are read all the same."""
+    until = _learning_ends(site)["inside-a-capture"]
+    database = tmp_path / "unstamped.duckdb"
+    shutil.copy(site / "db.duckdb", database)
+    con = duckdb.connect(str(database))
+    try:
+        present = rollups.tables(con)
+        rolled = rollups.rolled_captures_sql(present, until)
+        assert rolled is not None
+        (spanning,) = con.execute(f"SELECT capture_id FROM captures WHERE capture_id NOT IN ({rolled})").fetchall()
+        for value in ("NULL", "TIMESTAMPTZ '1970-01-01 00:00:00+00'"):
+            con.execute(
+                f"UPDATE modbus SET ts = {value} WHERE rowid IN (SELECT rowid FROM modbus WHERE capture_id = ? "
+                "AND ts IS NOT NULL AND event_type = 'request' LIMIT 3)",
+                [spanning[0]],
+            )
+        filter_ = baseline._raw_filter(con, present, rolled, until)
+        assert filter_ is not None and "BETWEEN" in filter_
+        raw = " UNION ALL ".join(baseline.function_code_sources(con, present))
+        kept = con.execute(f"SELECT count(*), count(ts) FROM ({raw}) WHERE {filter_}").fetchall()
+        listed = con.execute(f"SELECT count(*), count(ts) FROM ({raw}) WHERE capture_id = ?", spanning).fetchall()
+    finally:
+        con.close()
+    assert kept == listed and kept[0][0] > kept[0][1] > 0
+
+
+@pytest.mark.parametrize("kind", baseline.KINDS[:3])
+def test_sightings_count_what_the_observations_hold(site: Path, kind: str) -> None:
+    """D8 counts devices, pairs and protocols from ``d8_sightings`` (flows grouped once by both ends, port,
+    transport and application): the same counts and times per item as grouping every observation."""
+    con = duckdb.connect(str(site / "db.duckdb"), read_only=True)
+    until = _learning_ends(site)["inside-a-capture"]
+    fields = ", ".join(baseline.KEY_FIELDS[kind])
+    try:
+        baseline._observations(con, until)
+        direct = con.execute(
+            f"""SELECT {fields}, count(*) FILTER (WHERE ts < $until), min(ts) FILTER (WHERE ts < $until),
+                       max(ts) FILTER (WHERE ts < $until), count(*), min(ts), max(ts)
+                FROM d8_observations WHERE kind = '{kind}' GROUP BY ALL ORDER BY ALL""",
+            {"until": until},
+        ).fetchall()
+        counted = con.execute(
+            f"""SELECT {fields}, CAST(coalesce(sum(count) FILTER (WHERE learned), 0) AS BIGINT),
+                       min(first_ts) FILTER (WHERE learned), max(last_ts) FILTER (WHERE learned),
+                       CAST(sum(count) AS BIGINT), min(first_ts), max(last_ts)
+                FROM d8_sightings WHERE kind = '{kind}' GROUP BY ALL ORDER BY ALL"""
+        ).fetchall()
+    finally:
+        con.close()
+    assert counted == direct and direct

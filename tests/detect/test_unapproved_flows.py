@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pytest
 
 from quaywatch.detect import unapproved_flows
+from quaywatch.detect.context import DetectionContext
+from quaywatch.detect.registry import build_context_views
 from tests.detect.simulated import SimulatedSite, build_site, matches_label
 
 
@@ -50,3 +55,23 @@ def test_enrichment_hook_fills_country_and_asn(modem_site: SimulatedSite, monkey
 def test_clean_day_gives_no_d1_d2_d3_alert(tmp_path: Path, seed: int) -> None:
     site = build_site(tmp_path, seed=seed, duration=120.0)
     assert site.detect() == []
+
+
+def test_a_policy_evaluation_without_flow_columns_gives_the_same_alerts(
+    modem_site: SimulatedSite, tmp_path: Path
+) -> None:
+    """An older ``flow_policy`` without the flows' times and ports is joined back to ``flows``: the evidence comes
+    as whole records from the top-N there, by row id from ``flow_policy`` otherwise, and both say the same."""
+    copy = tmp_path / "older.duckdb"
+    shutil.copy(modem_site.database, copy)
+    con = duckdb.connect(str(copy))
+    try:
+        build_context_views(con)
+        context = DetectionContext(policy=modem_site.policy)
+        current = [dataclasses.asdict(alert) for alert in unapproved_flows.detect(con, context)]
+        for column in unapproved_flows._FLOW_COLUMNS:
+            con.execute(f"ALTER TABLE flow_policy DROP COLUMN {column}")
+        older = [dataclasses.asdict(alert) for alert in unapproved_flows.detect(con, context)]
+    finally:
+        con.close()
+    assert len(current) == 3 and older == current

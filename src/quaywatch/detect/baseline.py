@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 
 DETECTION = "D8.baseline-deviation"
 REQUIRES = ("flows",)
+#: One-core seconds over the benchmark store (make bench): the engine starts the longest detections first.
+COST = 0.22
 BASELINE_TABLE = "baseline_items"
 #: The share of the stored time span used when ``learning_share`` is given without a value.
 DEFAULT_LEARNING_SHARE = 0.2
@@ -187,8 +189,9 @@ _EVIDENCE = (
 _UNICAST_MAC = "substr({mac}, 2, 1) NOT IN ('1', '3', '5', '7', '9', 'b', 'd', 'f', 'B', 'D', 'F')"
 
 
-def _observations(con: duckdb.DuckDBPyConnection) -> None:
-    """Every device, pair, protocol and function code sighting as one temporary view ``d8_observations``.
+def _observations(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
+    """Every device, pair, protocol and function code sighting as one temporary view ``d8_observations``, and
+    those counted per item in ``d8_sightings`` (:func:`_sightings`).
 
     A view, not a table: each kind's queries read only their own branch of the union, straight from the store.
     """
@@ -250,6 +253,53 @@ def _observations(con: duckdb.DuckDBPyConnection) -> None:
     )
     body = " UNION ALL ".join([empty, *parts])
     con.execute(f"CREATE OR REPLACE TEMP VIEW d8_observations AS SELECT * FROM ({body}) AS o({columns})")
+    _sightings(con, until, has_flows, has_arp)
+
+
+def _sightings(con: duckdb.DuckDBPyConnection, until: dt.datetime, has_flows: bool, has_arp: bool) -> None:
+    """``d8_sightings``: the device, pair and protocol observations of ``d8_observations`` counted per item and side
+    of ``until`` (count, first and last time), from one grouping of ``flows`` by both ends, port, transport and
+    application: a site's million flows are a few thousand such combinations, so the kinds are counted from those
+    rather than each from every flow again."""
+    columns = "kind, ip, mac, client_ip, server_ip, server_port, transport, protocol, learned, count, first_ts, last_ts"
+    parts = [
+        "SELECT NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::INTEGER, "
+        "NULL::VARCHAR, NULL::VARCHAR, NULL::BOOLEAN, NULL::BIGINT, NULL::TIMESTAMPTZ, NULL::TIMESTAMPTZ WHERE false"
+    ]
+    if has_flows:
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE d8_flow_groups AS
+               SELECT client_ip, client_mac, server_ip, server_mac, server_port, transport, application,
+                      ts < $until AS learned, count(*) AS count, min(ts) AS first_ts, max(ts) AS last_ts
+               FROM flows GROUP BY ALL""",
+            {"until": until},
+        )
+        for side in ("client", "server"):
+            parts.append(
+                f"""SELECT 'device', {side}_ip, coalesce({side}_mac, ''), NULL, NULL, NULL, NULL, NULL,
+                           learned, count, first_ts, last_ts
+                    FROM d8_flow_groups WHERE {side}_ip IN (SELECT ip FROM d8_local)
+                    AND ({side}_mac IS NULL OR {_UNICAST_MAC.format(mac=side + "_mac")})"""
+            )
+        parts.append(
+            """SELECT 'talker_pair', NULL, NULL, client_ip, server_ip, server_port, transport, NULL,
+                      learned, count, first_ts, last_ts FROM d8_flow_groups"""
+        )
+        parts.append(
+            """SELECT 'protocol', NULL, NULL, client_ip, server_ip, server_port, transport, application,
+                      learned, count, first_ts, last_ts FROM d8_flow_groups WHERE application IS NOT NULL"""
+        )
+    if has_arp:
+        parts.append(
+            f"""SELECT 'device', sender_ip, coalesce(sender_mac, ''), NULL, NULL, NULL, NULL, NULL,
+                       ts < $until, count(*), min(ts), max(ts)
+                FROM arp WHERE sender_ip IN (SELECT ip FROM d8_local) AND {_UNICAST_MAC.format(mac="sender_mac")}
+                GROUP BY ALL"""
+        )
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE d8_sightings AS SELECT * FROM ({' UNION ALL '.join(parts)}) AS s({columns})",
+        {"until": until},
+    )
 
 
 def function_code_sources(con: duckdb.DuckDBPyConnection, present: set[str]) -> list[str]:
@@ -320,28 +370,47 @@ def _summaries(
     con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS " + " UNION ALL ".join(parts), {"until": until})
 
 
-#: Up to this many captures read raw are named as constants, which lets DuckDB skip the other row groups.
+#: Up to this many captures read raw are named as constants, with their time spans, which lets DuckDB skip the
+#: other row groups.
 _LISTED_CAPTURES = 64
+#: Rows of packets without a timestamp (pcapng simple packet blocks) carry none or time 0, outside the capture's span.
+_UNSTAMPED = "ts IS NULL OR ts <= TIMESTAMPTZ '1970-01-01 00:00:00+00'"
+
+
+def _timestamp_literal(value: dt.datetime) -> str:
+    return f"TIMESTAMPTZ '{value.astimezone(dt.UTC).isoformat()}'"
 
 
 def _raw_filter(
     con: duckdb.DuckDBPyConnection, present: set[str], rolled: str | None, until: dt.datetime
 ) -> str | None:
     """Which raw rows to summarise: all without summaries; else those of the captures without a current summary
-    or spanning ``until`` (named, when few: each capture's rows lie together, so the rest is never read); None
-    when there are none."""
+    or spanning ``until`` (named, when few, with their spans: each capture's rows lie together and inside its span,
+    so the time zone maps skip the rest, where capture ids, which share long prefixes, cannot); None when there are
+    none.
+
+    The span condition changes no result: a capture's ``first_ts`` and ``last_ts`` are its first and last packet
+    times, which bound every row's time but those of packets without one; the summaries' learned flags rely on it
+    too."""
     if rolled is None:
         return "true"
     if not rollups.all_captures_rolled(con, present):
         return f"capture_id NOT IN ({rolled})"
     rows = con.execute(
-        f"SELECT capture_id FROM captures WHERE capture_id NOT IN ({rolled}) LIMIT {_LISTED_CAPTURES + 1}"
+        f"SELECT capture_id, first_ts, last_ts FROM captures WHERE capture_id NOT IN ({rolled}) "
+        f"LIMIT {_LISTED_CAPTURES + 1}"
     ).fetchall()
     if not rows:
         return None
     if len(rows) > _LISTED_CAPTURES:
         return f"capture_id NOT IN ({rolled})"
-    return "capture_id IN (" + ", ".join("'" + str(row[0]).replace("'", "''") + "'" for row in rows) + ")"
+    listed = "capture_id IN (" + ", ".join("'" + str(row[0]).replace("'", "''") + "'" for row in rows) + ")"
+    if any(first is None or last is None for _, first, last in rows):
+        return listed
+    spans = " OR ".join(
+        f"ts BETWEEN {_timestamp_literal(first)} AND {_timestamp_literal(last)}" for _, first, last in rows
+    )
+    return f"{listed} AND ({_UNSTAMPED} OR {spans})"
 
 
 _FUNCTION_KEYS = "protocol, client_ip, server_ip, server_port, transport, code"
@@ -403,12 +472,11 @@ def _items(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> tuple[list[dic
         extra = ", any_value(code_name) AS code_name" if kind == "function_code" else ""
         con.execute(
             f"""CREATE OR REPLACE TEMP TABLE d8_grouped AS
-                SELECT {fields}, count(*) FILTER (WHERE ts < $until) AS learned_count,
-                       min(ts) FILTER (WHERE ts < $until) AS learned_first,
-                       max(ts) FILTER (WHERE ts < $until) AS learned_last,
-                       count(*) AS count, min(ts) AS first_seen, max(ts) AS last_seen {extra}
-                FROM d8_observations WHERE kind = '{kind}' GROUP BY {fields}""",
-            {"until": until},
+                SELECT {fields}, CAST(coalesce(sum(count) FILTER (WHERE learned), 0) AS BIGINT) AS learned_count,
+                       min(first_ts) FILTER (WHERE learned) AS learned_first,
+                       max(last_ts) FILTER (WHERE learned) AS learned_last,
+                       CAST(sum(count) AS BIGINT) AS count, min(first_ts) AS first_seen, max(last_ts) AS last_seen
+                FROM d8_sightings WHERE kind = '{kind}' GROUP BY {fields}"""
         )
         cursor = con.execute(
             f"""SELECT '{kind}' AS kind, {fields}, {_item_key_sql(kind)} AS item_key, learned_first AS first_seen,
@@ -417,6 +485,8 @@ def _items(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> tuple[list[dic
         )
         names = [column[0] for column in cursor.description]
         learned += [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+        if not con.execute("SELECT count(*) FROM d8_grouped WHERE learned_count = 0").fetchall()[0][0]:
+            continue  # nothing new of this kind: no need to read its observations again for evidence
         join = " AND ".join(f"o.{name} IS NOT DISTINCT FROM g.{name}" for name in KEY_FIELDS[kind])
         cursor = con.execute(
             f"""SELECT '{kind}' AS kind, {", ".join(f"g.{name}" for name in KEY_FIELDS[kind])},
@@ -783,7 +853,7 @@ def _fold(items: list[_NewItem]) -> list[_NewItem]:
 def _drop_temporary(con: duckdb.DuckDBPyConnection) -> None:
     """The working relations live in the caller's connection: free them once the answer is built."""
     con.execute("DROP VIEW IF EXISTS d8_observations")
-    for name in ("d8_grouped", "d8_registers", "d8_functions", "d8_local"):
+    for name in ("d8_grouped", "d8_registers", "d8_functions", "d8_local", "d8_sightings", "d8_flow_groups"):
         con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
@@ -800,7 +870,7 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
 
 
 def _detect(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> list[Alert]:
-    _observations(con)
+    _observations(con, until)
     _function_codes(con, until)
     _register_requests(con, until)
     learned, new = _items(con, until)

@@ -233,13 +233,14 @@ def role_prior(context: PairContext) -> tuple[float, str]:
     return float(multipliers["external"]), "the server is outside the site (external or unknown address)"
 
 
-@njit(types.float64(types.float64[:], types.float64, types.float64, types.int64), cache=True)
+@njit(types.float64(types.float64[:], types.float64, types.float64, types.int64), cache=True, nogil=True)
 def _hyperexponential_kernel(gaps: FloatArray, first_rate: float, second_rate: float, iterations: int) -> float:
     """EM for two exponential rates; never worse than the plain Poisson fit it starts beside.
 
     Per gap one exponential of the two components is exp(0) = 1 (the larger one), so only three transcendental
     functions are evaluated per gap and iteration, without a branch; the per-iteration logarithms are taken once.
-    The same values as the textbook log-sum-exp, bit for bit.
+    The same values as the textbook log-sum-exp, bit for bit. It stops at an exact fixed point of the parameters,
+    where the remaining steps could change nothing.
     """
     size = gaps.size
     mean = gaps.mean()
@@ -266,10 +267,13 @@ def _hyperexponential_kernel(gaps: FloatArray, first_rate: float, second_rate: f
             mass_two += 1 - share
             weighted_one += share * gap
             weighted_two += (1 - share) * gap
-        weight_one = min(max((mass_one + 1e-12) / size, 1e-6), 1.0)
-        rate_one = (mass_one + 1e-12) / (weighted_one + 1e-12)
-        weight_two = min(max((mass_two + 1e-12) / size, 1e-6), 1.0)
-        rate_two = (mass_two + 1e-12) / (weighted_two + 1e-12)
+        new_weight_one = min(max((mass_one + 1e-12) / size, 1e-6), 1.0)
+        new_rate_one = (mass_one + 1e-12) / (weighted_one + 1e-12)
+        new_weight_two = min(max((mass_two + 1e-12) / size, 1e-6), 1.0)
+        new_rate_two = (mass_two + 1e-12) / (weighted_two + 1e-12)
+        if (new_weight_one, new_rate_one, new_weight_two, new_rate_two) == (weight_one, rate_one, weight_two, rate_two):
+            break  # a fixed point, bit for bit: every further step would give this total again (most series: step 2)
+        weight_one, rate_one, weight_two, rate_two = new_weight_one, new_rate_one, new_weight_two, new_rate_two
     return max(poisson, total)
 
 
@@ -330,6 +334,7 @@ def _kept_candidates(
         types.float64[:], types.float64, types.float64, types.float64, types.float64, types.int64, types.int64
     ),
     cache=True,
+    nogil=True,
 )
 def _clock_kernel(
     gaps: FloatArray, period: float, sigma: float, hit: float, outage: float, iterations: int, largest: int
@@ -560,7 +565,7 @@ _GAP_QUANTILES = np.array([0.1, 0.25, 0.4, 0.5, 0.6, 0.05, 0.9])  # the candidat
 _INELIGIBLE_FEW_CONNECTIONS, _INELIGIBLE_FEW_GAPS = 1, 2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sorted_median(values: FloatArray) -> float:
     """numpy.median of ascending ``values``."""
     half = values.size // 2
@@ -569,7 +574,7 @@ def _sorted_median(values: FloatArray) -> float:
     return float((values[half - 1] + values[half]) / 2.0)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sorted_quantile(values: FloatArray, quantile: float) -> float:
     """numpy.quantile (method "linear") of ascending ``values``."""
     virtual = (values.size - 1) * quantile
@@ -589,6 +594,7 @@ def _sorted_quantile(values: FloatArray, quantile: float) -> float:
         types.float64[:], types.int64[:], types.float64[:]
     ),
     cache=True,
+    nogil=True,
 )
 def _gap_stats(
     timestamps: FloatArray, offsets: np.ndarray[Any, Any], quantiles: FloatArray
@@ -632,7 +638,7 @@ def _gap_stats(
     return buffer[:used], bounds, stats, status
 
 
-@njit(types.float64[:](types.float64[:], types.int64[:, :], types.int64[:]), cache=True)
+@njit(types.float64[:](types.float64[:], types.int64[:, :], types.int64[:]), cache=True, nogil=True)
 def _log_gap_modes(logs: FloatArray, bounds: np.ndarray[Any, Any], status: np.ndarray[Any, Any]) -> FloatArray:
     """Per series: the centre of the fullest bin of numpy.histogram(log gaps), as _candidates bins them."""
     middles = np.zeros(bounds.shape[0])
@@ -671,6 +677,7 @@ def _log_gap_modes(logs: FloatArray, bounds: np.ndarray[Any, Any], status: np.nd
         types.float64[:], types.int64[:, :], types.int64[:], types.float64[:], types.int64[:], types.float64[:, :]
     ),
     cache=True,
+    nogil=True,
 )
 def _fits(
     gaps: FloatArray,
@@ -717,7 +724,7 @@ def _fits(
     return results
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _size_regularity_kernel(sizes: FloatArray) -> float:
     """_size_regularity."""
     if sizes.size == 0:
@@ -732,7 +739,7 @@ def _size_regularity_kernel(sizes: FloatArray) -> float:
     return near.sum() / near.size
 
 
-@njit(types.float64[:, :](types.float64[:], types.int64[:], types.int64[:, :], types.int64[:]), cache=True)
+@njit(types.float64[:, :](types.float64[:], types.int64[:], types.int64[:, :], types.int64[:]), cache=True, nogil=True)
 def _size_stats(
     sizes: FloatArray, offsets: np.ndarray[Any, Any], bounds: np.ndarray[Any, Any], status: np.ndarray[Any, Any]
 ) -> np.ndarray[Any, Any]:

@@ -56,6 +56,9 @@ ALERT_SCORE = 0.25
 #: Severity by score; a never-outward OT role talking to the outside is one step higher (see _severity).
 SEVERITY_STEPS = ((0.85, "high"), (0.6, "medium"), (0.0, "low"))
 EVIDENCE_FLOWS = 50
+#: The engine's scheduling (detect/registry.py): the two independent halves and their one-core seconds over the
+#: benchmark store; the names half scores more series.
+PARTS = {"flows": 0.15, "names": 0.35}
 #: Names that are not destinations: local name services and reverse lookups (RFC 6762, RFC 6761, RFC 1035 3.5).
 LOCAL_NAME_SUFFIXES = (".local", ".arpa", ".localhost", ".home.arpa", ".lan", ".internal")
 
@@ -122,7 +125,11 @@ _DNS_ROWS = (
     "FROM ({queries}) AS q JOIN beacon_names AS p USING (client_ip, name)"
 )
 # The text of given rows of a table (by DuckDB row id), for evidence: read for the few rows that become evidence only.
-_TEXT_BY_ROW = "SELECT rowid AS row_id, {text} FROM {table} AS {alias} WHERE rowid IN (SELECT unnest(?::BIGINT[]))"
+# The row ids come as a registered Arrow table: binding thousands as one list parameter costs more than the read.
+_TEXT_ROWS = "beacon_text_rows"
+_TEXT_BY_ROW = (
+    f"SELECT rowid AS row_id, {{text}} FROM {{table}} AS {{alias}} WHERE rowid IN (SELECT row_id FROM {_TEXT_ROWS})"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,7 +316,11 @@ class _Rows:
         wanted = wanted[~np.isin(wanted, self.loaded)] if self.loaded.size else wanted
         if not wanted.size:
             return
-        table = self.con.sql(self.text_query, params=[wanted.tolist()]).to_arrow_table()
+        self.con.register(_TEXT_ROWS, pa.table({"row_id": pa.array(wanted, pa.int64())}))
+        try:
+            table = self.con.sql(self.text_query).to_arrow_table()
+        finally:
+            self.con.unregister(_TEXT_ROWS)
         rows = np.concatenate([self.loaded, table.column("row_id").to_numpy(zero_copy_only=False)])
         order = np.argsort(rows, kind="stable")
         self.loaded = rows[order]
@@ -322,30 +333,33 @@ class _Rows:
         """The rows of the pair's evidence events."""
         return slice(part.start, min(part.stop, part.start + EVIDENCE_FLOWS))
 
-    def _text(self, name: str, part: slice) -> list[Any]:
+    def _column(self, name: str, part: slice) -> pa.Array:
         if name in self.text or self.row_ids is None:
-            return self.text[name].take(pa.array(self.order[part])).to_pylist()
+            return self.text[name].take(pa.array(self.order[part]))
         rows = self.row_ids[part]
         positions = np.searchsorted(self.loaded, rows)
         if not ((positions < self.loaded.size).all() and (self.loaded[positions] == rows).all()):
             self.load([part])
             positions = np.searchsorted(self.loaded, rows)
-        return self.by_row[name].take(pa.array(positions)).to_pylist()
+        return self.by_row[name].take(pa.array(positions))
+
+    def _text(self, name: str, part: slice) -> list[Any]:
+        return self._column(name, part).to_pylist()
 
     def evidence(self, part: slice) -> dict[str, Any]:
         """The pair's first EVIDENCE_FLOWS events, and its first EVIDENCE_FLOWS distinct flow ids and Community IDs."""
         first = self.first(part)
+        texts = {name: self._text(name, first) for name in _TEXT_COLUMNS if name in self.text or name in _BY_ROW}
         events = [
             {"capture": capture, "packet": int(packet), "flow": flow}
-            for capture, packet, flow in zip(
-                self._text("capture_id", first), self.packet[first], self._text("flow_id", first), strict=True
-            )
+            for capture, packet, flow in zip(texts["capture_id"], self.packet[first], texts["flow_id"], strict=True)
         ]
         found: dict[str, Any] = {"events": events}
         for name, key in (("flow_id", "flow_ids"), ("community_id", "community_ids")):
-            values = [str(value) for value in dict.fromkeys(self._text(name, first)) if value]
+            values = [str(value) for value in dict.fromkeys(texts[name]) if value]
             if len(values) < EVIDENCE_FLOWS and first.stop < part.stop:  # ids repeat: the distinct ones go further
-                values = [str(value) for value in dict.fromkeys(self._text(name, part)) if value]
+                # Arrow's unique keeps the order of first appearance, as dict.fromkeys does.
+                values = [str(value) for value in pc.unique(self._column(name, part)).to_pylist() if value]
             found[key] = values[:EVIDENCE_FLOWS]
         return found
 
@@ -450,30 +464,70 @@ def _scores(series: _Rows, parts: list[slice], contexts: list[PairContext]) -> l
     return beacon_scores(times, np.concatenate([series.size[part] for part in parts]), offsets, contexts)
 
 
+@dataclass(slots=True)
+class _NameAlert:
+    """A (client, name) beacon before :func:`combine`: folded into an address alert when the name resolved to it."""
+
+    alert: Alert
+    client_ip: str
+    name: str
+    resolved: set[str]
+
+
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
     """Every beaconing pair of ``flows`` and every beaconing name of ``dns`` whose score reaches ALERT_SCORE.
 
     The score never exceeds the role prior, so pairs and names whose prior is below the alert score are dropped
     before their series is read; :func:`_allowed_pairs` (which lowers the prior) is asked only about the others.
     """
+    return combine(context, [detect_part(con, context, part) for part in PARTS])
+
+
+def detect_part(con: duckdb.DuckDBPyConnection, context: DetectionContext, part: str) -> list[Any]:
+    """One of the independent halves of :func:`detect` (``PARTS``): the address pairs' alerts, or the names'
+    candidate alerts (folded into the address alerts by :func:`combine`)."""
     present = _temporary_or_main(con)
     if "flows" not in present:
         return []
     policy = getattr(context, "policy", None)
     options = dict(getattr(context, "options", {}) or {}).get("beaconing", {}) or {}
     threshold = float(options.get("min_score", ALERT_SCORE))
+    if part == "flows":
+        return _flow_alerts(con, present, policy, threshold)
+    if part == "names" and "dns" in present:
+        return _name_alerts(con, present, policy, threshold)
+    return []
+
+
+def combine(context: DetectionContext, results: list[list[Any]]) -> list[Alert]:
+    """The alerts from the parts' results (``PARTS`` order): a name that resolves to an address that beacons from
+    the same client is no alert of its own but is listed in the address alert's ``names``."""
+    address_alerts: list[Alert] = list(results[0])
+    alerts = list(address_alerts)
+    for candidate in results[1]:
+        same = [
+            alert
+            for alert in address_alerts
+            if alert.key.get("server_ip") in candidate.resolved and alert.key["client_ip"] == candidate.client_ip
+        ]
+        if same:  # the name and its address beacon together: one alert, the address one, naming the name
+            for alert in same:
+                alert.evidence.values.setdefault("names", []).append(candidate.name)
+            continue
+        alerts.append(candidate.alert)
+    return alerts
+
+
+def _flow_alerts(
+    con: duckdb.DuckDBPyConnection, present: set[str], policy: Policy | None, threshold: float
+) -> list[Alert]:
+    """The beaconing (client, server, port, transport) pairs of ``flows``."""
     con.execute("CREATE OR REPLACE TEMP TABLE beacon_pairs AS " + _FLOW_PAIRS, [MIN_CONNECTIONS])
     pairs = con.execute("SELECT pair, client_ip, server_ip, server_port, transport FROM beacon_pairs").fetchall()
-    names: list[tuple[Any, ...]] = []
-    if "dns" in present:
-        con.execute("CREATE OR REPLACE TEMP TABLE beacon_names AS " + _DNS_PAIRS, [MIN_CONNECTIONS])
-        names = con.execute("SELECT pair, client_ip, name FROM beacon_names").fetchall()
     pairs.sort(key=lambda row: int(row[0]))
-    names.sort(key=lambda row: int(row[0]))
-    addresses = {str(row[column]) for row in pairs for column in (1, 2)} | {str(row[1]) for row in names}
-    hosts = _hosts(con, addresses, present, policy)
+    hosts = _hosts(con, {str(row[column]) for row in pairs for column in (1, 2)}, present, policy)
 
-    # Flows: the pairs whose prior can reach the threshold, then the policy's verdicts for those only.
+    # The pairs whose prior can reach the threshold, then the policy's verdicts for those only.
     candidates: list[tuple[int, str, str, int, str, PairContext]] = []
     for number, client_ip, server_ip, port, transport in pairs:
         client_ip, server_ip, port = str(client_ip), str(server_ip), int(port) if port is not None else 0
@@ -507,22 +561,32 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
             found = series.evidence(part)
             alerts.append(_alert(series.us[part], found, result, pair, key, destination, ends, "flows"))
     con.execute("DROP TABLE IF EXISTS temp.beacon_pairs")
-    if names:
-        alerts.extend(_name_alerts(con, names, hosts, policy, threshold, alerts))
-    con.execute("DROP TABLE IF EXISTS temp.beacon_names")
     return alerts
 
 
 def _name_alerts(
+    con: duckdb.DuckDBPyConnection, present: set[str], policy: Policy | None, threshold: float
+) -> list[_NameAlert]:
+    """The (client, name) beacons of ``dns``, each with the addresses the name resolved to (see :func:`combine`)."""
+    con.execute("CREATE OR REPLACE TEMP TABLE beacon_names AS " + _DNS_PAIRS, [MIN_CONNECTIONS])
+    try:
+        names = con.execute("SELECT pair, client_ip, name FROM beacon_names").fetchall()
+        if not names:
+            return []
+        names.sort(key=lambda row: int(row[0]))
+        return _beaconing_names(con, names, _hosts(con, {str(row[1]) for row in names}, present, policy), policy,
+                                threshold)  # fmt: skip
+    finally:
+        con.execute("DROP TABLE IF EXISTS temp.beacon_names")
+
+
+def _beaconing_names(
     con: duckdb.DuckDBPyConnection,
     names: list[tuple[Any, ...]],
     hosts: dict[str, Host],
     policy: Policy | None,
     threshold: float,
-    address_alerts: list[Alert],
-) -> list[Alert]:
-    """The (client, name) beacons of ``dns``; a name that resolves to an address that beacons in ``address_alerts`` is
-    added to that alert's ``names`` instead."""
+) -> list[_NameAlert]:
     answers = _answers(con)
     candidates: list[tuple[int, str, str, PairContext, set[str]]] = []
     for number, client_ip, name in names:
@@ -544,28 +608,19 @@ def _name_alerts(
     series = _rows(con, "dns", _DNS_ROWS.replace("{queries}", _DNS_QUERIES), _DNS_TEXT, _DNS_COMMUNITY, "q")
     candidates = [row for row in candidates if series.times.get(row[0], 0) >= MIN_CONNECTIONS]  # distinct times
     parts = [series.spans[row[0]] for row in candidates]
-    pending = []
     results = _scores(series, parts, [row[3] for row in candidates])
-    for row, part, result in zip(candidates, parts, results, strict=True):
-        _, client_ip, name, _, resolved = row
-        if not result.eligible or result.score < threshold:
-            continue
-        same = [
-            alert
-            for alert in address_alerts
-            if alert.key.get("server_ip") in resolved and alert.key["client_ip"] == client_ip
-        ]
-        if same:  # the name and its address beacon together: one alert, the address one, naming the name
-            for alert in same:
-                alert.evidence.values.setdefault("names", []).append(name)
-            continue
-        pending.append((row, part, result))
-    alerts: list[Alert] = []
+    pending = [
+        (row, part, result)
+        for row, part, result in zip(candidates, parts, results, strict=True)
+        if result.eligible and result.score >= threshold
+    ]
     series.load([series.first(part) for _, part, _ in pending])  # the evidence rows' text, in one query
-    for (_, client_ip, name, pair, _), part, result in pending:
+    alerts: list[_NameAlert] = []
+    for (_, client_ip, name, pair, resolved), part, result in pending:
         key = {"client_ip": client_ip, "query_name": name}
         found = series.evidence(part)
-        alerts.append(_alert(series.us[part], found, result, pair, key, f"the name {name}", [hosts[client_ip]], "dns"))
+        alert = _alert(series.us[part], found, result, pair, key, f"the name {name}", [hosts[client_ip]], "dns")
+        alerts.append(_NameAlert(alert, client_ip, name, resolved))
     return alerts
 
 

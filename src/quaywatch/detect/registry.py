@@ -10,6 +10,13 @@ alerts carry), ``REQUIRES = ("flows",)`` (tables it reads) and
 ``def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]``, then add one import line and
 one entry to ``MODULES`` below. A module whose alerts carry other detection ids than ``DETECTION`` lists them all in
 ``DETECTIONS``, so that a run that finds none of one of them still clears its earlier rows.
+
+Scheduling on workers (``workers`` above 1): the longest tasks start first, by each module's ``COST`` (its one-core
+seconds over the benchmark store, ``make bench``; modules without one come after those with one, rules last). A
+module whose work falls into independent parts can say so, so that they run on different workers:
+``PARTS = {"flows": 0.2, "names": 0.3}`` (part name: cost), ``detect_part(con, context, part)`` returning anything,
+and ``combine(context, results)`` turning the results, in ``PARTS`` order, into the alerts; its ``detect`` must equal
+``combine`` over the parts run one after another, which is what one worker runs.
 """
 
 from __future__ import annotations
@@ -159,12 +166,14 @@ def _connection(target: Store | duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyCon
 
 @dataclass(slots=True)
 class _Outcome:
-    """One rule's or module's run: its alerts, the detection ids it ran, its time, or why it failed."""
+    """One rule's or module's run (or one part of a module's): its alerts, the detection ids it ran, its time, or
+    why it failed; a part's result waits in ``part`` for the module's ``combine``."""
 
     found: list[Alert] = field(default_factory=list)
     emitted: list[str] = field(default_factory=list)
     seconds: float = 0.0
     error: str | None = None
+    part: Any = None
 
 
 def _run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, context: DetectionContext) -> _Outcome:
@@ -176,15 +185,39 @@ def _run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, context: DetectionCont
     return _Outcome(found, [rule.id], time.perf_counter() - started)
 
 
-def _run_module(con: duckdb.DuckDBPyConnection, module: ModuleType, context: DetectionContext) -> _Outcome:
+def _emitted(module: ModuleType, found: list[Alert]) -> list[str]:
     name = str(getattr(module, "DETECTION", module.__name__))
+    return sorted({name, *getattr(module, "DETECTIONS", ()), *(alert.detection for alert in found)})
+
+
+def _run_module(con: duckdb.DuckDBPyConnection, module: ModuleType, context: DetectionContext) -> _Outcome:
     started = time.perf_counter()
     try:
         found = list(module.detect(con, context))
     except duckdb.Error as error:
         return _Outcome(seconds=time.perf_counter() - started, error=str(error))
-    emitted = sorted({name, *getattr(module, "DETECTIONS", ()), *(alert.detection for alert in found)})
-    return _Outcome(found, emitted, time.perf_counter() - started)
+    return _Outcome(found, _emitted(module, found), time.perf_counter() - started)
+
+
+def _run_part(con: duckdb.DuckDBPyConnection, module: ModuleType, part: str, context: DetectionContext) -> _Outcome:
+    started = time.perf_counter()
+    try:
+        result = module.detect_part(con, context, part)
+    except duckdb.Error as error:
+        return _Outcome(seconds=time.perf_counter() - started, error=str(error))
+    return _Outcome(seconds=time.perf_counter() - started, part=result)
+
+
+def _combine(module: ModuleType, context: DetectionContext, parts: list[_Outcome]) -> _Outcome:
+    """A parted module's outcome from its parts' (in ``PARTS`` order): its ``combine``; its time is theirs and the
+    combining's; the first part's error, when one failed."""
+    seconds = sum(part.seconds for part in parts)
+    failed = next((part.error for part in parts if part.error is not None), None)
+    if failed is not None:
+        return _Outcome(seconds=seconds, error=failed)
+    started = time.perf_counter()
+    found = list(module.combine(context, [part.part for part in parts]))
+    return _Outcome(found, _emitted(module, found), seconds + time.perf_counter() - started)
 
 
 def _in_workers(
@@ -222,6 +255,44 @@ def _in_workers(
     return [outcome for outcome in outcomes if outcome is not None]
 
 
+def _scheduled(
+    con: duckdb.DuckDBPyConnection,
+    tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]],
+    rule_tasks: int,
+    modules: list[ModuleType],
+    context: DetectionContext,
+    workers: int,
+) -> list[_Outcome]:
+    """The outcomes of ``tasks`` (the rules', then one per module of ``modules``) run on ``workers`` threads, in
+    task order.
+
+    A module with ``PARTS`` runs as one task per part, combined afterwards. The longest start first (``COST``, see
+    the module docstring), so that no long detection starts last: modules and parts by cost, then the rules (one
+    query each) in their order.
+    """
+    runs: list[tuple[int, Callable[[duckdb.DuckDBPyConnection], _Outcome]]] = []  # (task, what runs)
+    costs: list[float] = []
+    for index, module in enumerate(modules, start=rule_tasks):
+        parts: dict[str, float] = getattr(module, "PARTS", {})
+        for part, cost in parts.items() if parts else [("", getattr(module, "COST", 0.0))]:
+            run = functools.partial(_run_part, module=module, part=part, context=context) if parts else tasks[index]
+            runs.append((index, run))
+            costs.append(float(cost))
+    order = sorted(range(len(runs)), key=lambda position: -costs[position])  # stable: equal costs keep their order
+    runs += [(index, tasks[index]) for index in range(rule_tasks)]
+    order += range(len(order), len(runs))
+    finished = _in_workers(con, [runs[position][1] for position in order], workers)
+    outcome_of = {position: finished[place] for place, position in enumerate(order)}
+    per_task: dict[int, list[_Outcome]] = {}
+    for position, (index, _) in enumerate(runs):  # a module's parts in PARTS order
+        per_task.setdefault(index, []).append(outcome_of[position])
+    outcomes = [per_task[index][0] for index in range(rule_tasks)]
+    for index, module in enumerate(modules, start=rule_tasks):
+        parted = bool(getattr(module, "PARTS", {}))
+        outcomes.append(_combine(module, context, per_task[index]) if parted else per_task[index][0])
+    return outcomes
+
+
 def run_detections(
     target: Store | duckdb.DuckDBPyConnection,
     context: DetectionContext | None = None,
@@ -255,6 +326,7 @@ def run_detections(
         names.append(rule.id)
         tasks.append(functools.partial(_run_rule, rule=rule, context=context))
     rule_tasks = len(tasks)
+    chosen_modules: list[ModuleType] = []
     for module in MODULES if modules is None else modules:
         name = str(getattr(module, "DETECTION", module.__name__))
         missing = [table for table in getattr(module, "REQUIRES", ()) if table not in present]
@@ -262,15 +334,11 @@ def run_detections(
             summary.skipped[name] = f"no table {', '.join(missing)} in the store"
             continue
         names.append(name)
+        chosen_modules.append(module)
         tasks.append(functools.partial(_run_module, module=module, context=context))
-    if workers > 1 and len(tasks) > 1:
-        # The slowest first, so that no long detection starts last: modules (statistics over every flow) before
-        # rules (one query each); the outcomes keep the task order.
-        order = [*range(rule_tasks, len(tasks)), *range(rule_tasks)]
-        ran_in_order = _in_workers(con, [tasks[index] for index in order], workers)
-        outcomes: list[_Outcome] = [_Outcome()] * len(tasks)
-        for position, index in enumerate(order):
-            outcomes[index] = ran_in_order[position]
+    runs = rule_tasks + sum(len(getattr(module, "PARTS", {})) or 1 for module in chosen_modules)
+    if workers > 1 and runs > 1:
+        outcomes = _scheduled(con, tasks, rule_tasks, chosen_modules, context, workers)
     else:
         outcomes = [task(con) for task in tasks]
     ran: list[str] = []

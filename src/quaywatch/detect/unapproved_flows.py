@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 DETECTION = "D1.unapproved-communication"
 REQUIRES = ("flow_policy", "flows")
+#: One-core seconds over the benchmark store (make bench): the engine starts the longest detections first.
+COST = 0.15
 TECHNIQUES = ["T0883", "T0869", "T0885"]
 #: Roles whose traffic should never leave their zone (asset_roles.yaml vocabulary): one severity step higher.
 CRITICAL_ROLES = frozenset({"PLC", "drive", "weather station"})
@@ -35,8 +37,8 @@ SEVERITY_STEPS = ("low", "medium", "high", "critical")
 ENRICHERS: list[Callable[[str], dict[str, str]]] = []
 
 # The unapproved flows with an OT end, each with its alert's group: internet peers one by one; inside the site one
-# alert per client and server zone, so a sweep is one alert. Grouping happens in DuckDB in one pass (a site has
-# hundreds of thousands of such flows, and Python would build a record for each); each group brings along its first
+# alert per client and server zone, so a sweep is one alert. Grouping happens in DuckDB (a site has hundreds of
+# thousands of such flows, and Python would build a record for each); each group brings along its first
 # EVIDENCE_FLOWS flows by server and time (a top-N aggregate, no sort of all rows). ``flow_policy`` carries the
 # flows' times, ports and Community IDs; a store evaluated before it did is joined back to ``flows``.
 _MATCHED = """
@@ -45,10 +47,11 @@ SELECT p.verdict, p.client_ip, p.server_ip, p.client_zone, p.server_zone, p.prot
        coalesce(c.ot, false) AS client_ot, coalesce(s.ot, false) AS server_ot, c.role AS client_role,
        s.role AS server_role, c.asset_id AS client_asset, s.asset_id AS server_asset,
        CASE WHEN p.verdict = 'external_unapproved' THEN p.server_ip ELSE 'zone:' || p.server_zone END AS target
+       {row}
 FROM {source} AS p
 LEFT JOIN host_context AS c ON c.ip = p.client_ip
 LEFT JOIN host_context AS s ON s.ip = p.server_ip
-WHERE p.verdict IN ('external_unapproved', 'violation') AND (coalesce(c.ot, false) OR coalesce(s.ot, false))
+WHERE {only} p.verdict IN ('external_unapproved', 'violation') AND (coalesce(c.ot, false) OR coalesce(s.ot, false))
 """
 _JOINED = """(
     SELECT p.*{exclude}, f.community_id, f.first_packet, f.ts, f.last_ts, f.server_port
@@ -56,24 +59,51 @@ _JOINED = """(
     WHERE p.verdict IN ('external_unapproved', 'violation')
 )"""
 _FLOW_COLUMNS = ("community_id", "first_packet", "ts", "last_ts", "server_port")
-_ROW = ", ".join(
+_ROW = "struct_pack(" + ", ".join(
     f"{name} := {name}"
     for name in ("client_ip", "server_ip", "client_zone", "server_zone", "client_ot", "server_ot", "client_role",
                  "server_role", "client_asset", "server_asset", "flow_id", "capture_id", "packet")
-)  # fmt: skip
-_GROUPS = f"""
-SELECT client_ip, target, count(*) AS n, min(ts) AS first_seen, max(last_ts) AS last_seen,
-       bool_or(verdict = 'external_unapproved') AS external,
-       list(DISTINCT coalesce(protocol, 'None')) AS protocols, list(DISTINCT server_port) AS ports,
-       list(DISTINCT coalesce(reason, 'None')) AS reasons, list(DISTINCT server_ip) AS servers,
-       list(DISTINCT verdict) AS verdicts, list(DISTINCT conduit) FILTER (WHERE conduit <> '') AS conduits,
-       list(DISTINCT community_id) FILTER (WHERE community_id <> '') AS community_ids,
-       list(DISTINCT client_role) FILTER (WHERE client_ot) AS client_roles,
-       list(DISTINCT server_role) FILTER (WHERE server_ot) AS server_roles,
-       list_sort(list(DISTINCT server_ip) FILTER (WHERE server_ot))[1:50] AS ot_servers,
-       min_by(struct_pack({_ROW}), struct_pack(server_ip, ts), {EVIDENCE_FLOWS}) AS evidence_rows
-FROM ({{matched}}) GROUP BY client_ip, target ORDER BY client_ip, target
+) + ")"  # fmt: skip
+# Two groupings of the matched flows, each cheaper than one that carries everything: the distinct combinations of the
+# values the alert lists (a few hundred, however many flows), grouped again into the lists; and per group its
+# Community IDs and its first EVIDENCE_FLOWS flows: from ``flow_policy`` itself their row ids (a top-N of numbers,
+# their records read afterwards by row id, _EVIDENCE), from the joined form their records.
+_GROUPS = """
+WITH matched AS MATERIALIZED ({matched}),
+combinations AS (
+    SELECT client_ip, target, protocol, server_port, reason, server_ip, verdict, conduit, client_role, server_role,
+           client_ot, server_ot, count(*) AS n, min(ts) AS first_seen, max(last_ts) AS last_seen
+    FROM matched GROUP BY ALL
+),
+lists AS (
+    SELECT client_ip, target, CAST(sum(n) AS BIGINT) AS n, min(first_seen) AS first_seen,
+           max(last_seen) AS last_seen, bool_or(verdict = 'external_unapproved') AS external,
+           list(DISTINCT coalesce(protocol, 'None')) AS protocols, list(DISTINCT server_port) AS ports,
+           list(DISTINCT coalesce(reason, 'None')) AS reasons, list(DISTINCT server_ip) AS servers,
+           list(DISTINCT verdict) AS verdicts, list(DISTINCT conduit) FILTER (WHERE conduit <> '') AS conduits,
+           list(DISTINCT client_role) FILTER (WHERE client_ot) AS client_roles,
+           list(DISTINCT server_role) FILTER (WHERE server_ot) AS server_roles,
+           list_sort(list(DISTINCT server_ip) FILTER (WHERE server_ot))[1:50] AS ot_servers
+    FROM combinations GROUP BY client_ip, target
+),
+firsts AS (
+    SELECT client_ip, target, list(DISTINCT community_id) FILTER (WHERE community_id <> '') AS community_ids,
+           min_by({evidence}, struct_pack(server_ip, ts), {limit}) AS evidence
+    FROM matched GROUP BY client_ip, target
+)
+SELECT * FROM lists JOIN firsts USING (client_ip, target) ORDER BY client_ip, target
 """
+#: What the groupings of _GROUPS read of the matched flows (the evidence records come by row id).
+_GROUPED = (
+    "client_ip, target, protocol, server_port, reason, server_ip, verdict, conduit, client_role, server_role, "
+    "client_ot, server_ot, ts, last_ts, community_id"
+)
+#: The records of the evidence flows, by ``flow_policy`` row id.
+_EVIDENCE = _MATCHED.format(
+    row=f", p.rowid AS policy_row, {_ROW} AS record",
+    source="flow_policy",
+    only="p.rowid IN (SELECT unnest(?::BIGINT[])) AND",
+)
 
 
 def enrich(ip: str) -> dict[str, str]:
@@ -89,13 +119,26 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     columns = {row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE flow_policy)").fetchall()}
     present = [name for name in _FLOW_COLUMNS if name in columns]
     joined = _JOINED.format(exclude=f" EXCLUDE ({', '.join(present)})" if present else "")
-    source = "flow_policy" if set(_FLOW_COLUMNS) <= columns else joined
-    cursor = con.execute(_GROUPS.format(matched=_MATCHED.format(source=source)))
+    if set(_FLOW_COLUMNS) <= columns:  # the evidence records afterwards, by row id: the groups need fewer columns
+        matched = (
+            f"SELECT {_GROUPED}, policy_row "
+            f"FROM ({_MATCHED.format(source='flow_policy', row=', p.rowid AS policy_row', only='')})"
+        )
+        evidence = "policy_row"
+    else:
+        matched = _MATCHED.format(source=joined, row="", only="")
+        evidence = _ROW
+    cursor = con.execute(_GROUPS.format(matched=matched, evidence=evidence, limit=EVIDENCE_FLOWS))
     names = [column[0] for column in cursor.description]
+    groups = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
+    if evidence == "policy_row":
+        wanted = sorted({int(row) for group in groups for row in group["evidence"]})
+        records = dict(con.execute(f"SELECT policy_row, record FROM ({_EVIDENCE})", [wanted]).fetchall())
+        for group in groups:
+            group["evidence"] = [records[row] for row in group["evidence"]]
     alerts = []
-    for values in cursor.fetchall():
-        group = dict(zip(names, values, strict=True))
-        alerts.append(_alert(list(group.pop("evidence_rows")), group))
+    for group in groups:
+        alerts.append(_alert(list(group.pop("evidence")), group))
     return alerts
 
 
