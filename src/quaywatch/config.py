@@ -24,8 +24,11 @@ KEYS: dict[str, tuple[str, str]] = {
     "threads": ("an integer from 1 to 256", "threads"),
     "decoders": ("a string ('all', 'none' or names) or a list of decoder names", "decoders"),
     "suppressions": ("a string (path of a suppressions YAML file applied when alerts are read)", "suppressions_file"),
+    "geoip": ("a string or a list of strings (paths of MaxMind DB files: country, ASN)", "geoip_files"),
 }
 PATH_KEYS = ("database", "policy", "inventory", "suppressions")
+#: Keys holding one path or a list of paths; the value is always a tuple of paths.
+PATH_LIST_KEYS = ("geoip",)
 
 
 class ConfigError(ValueError):
@@ -58,6 +61,9 @@ def _line_of(text: str, key: str) -> int:
 def _valid(key: str, value: Any) -> bool:
     if key in PATH_KEYS:
         return isinstance(value, str) and bool(value)
+    if key in PATH_LIST_KEYS:
+        paths = [value] if isinstance(value, str) else value
+        return isinstance(paths, list) and all(isinstance(v, str) and v for v in paths)
     if key == "threads":
         return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 256
     return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))  # decoders
@@ -85,6 +91,11 @@ def load_config(path: Path) -> Config:
             raise ConfigError(f"{path}:{_line_of(text, key)}: {key}: expected {KEYS[key][0]}, got {value!r}")
         if key in PATH_KEYS:
             value = str((path.parent / value) if not Path(value).is_absolute() else Path(value))
+        if key in PATH_LIST_KEYS:
+            value = tuple(
+                (path.parent / item) if not Path(item).is_absolute() else Path(item)
+                for item in ([value] if isinstance(value, str) else value)
+            )
         if key == "decoders" and isinstance(value, list):
             value = ",".join(value)
         values[key] = value

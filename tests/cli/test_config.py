@@ -50,6 +50,7 @@ def test_config_sets_options_and_the_command_line_wins(tmp_path: Path, monkeypat
         ("threads = 0\n", "site.toml:1: threads: expected an integer"),
         ('database = "a\n', "site.toml:1: (toml): not valid TOML"),
         ("suppressions = 3\n", "site.toml:1: suppressions: expected a string (path of a suppressions YAML"),
+        ('geoip = ["a.mmdb", 4]\n', "site.toml:1: geoip: expected a string or a list of strings (paths of MaxMind"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path: Path, text: str, message: str) -> None:
@@ -61,3 +62,20 @@ def test_errors_name_file_line_and_key(tmp_path: Path, text: str, message: str) 
     assert message.split(":", 1)[1] in str(caught.value)
     result = CliRunner().invoke(main, ["--config", str(path), "policy", "check", str(path)])
     assert result.exit_code == 2 and "site.toml:" in result.output
+
+
+def test_geoip_files_are_one_path_or_a_list_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    listed = tmp_path / "etc" / "site.toml"
+    listed.write_text('geoip = ["geo/GeoLite2-Country.mmdb", "/srv/geo/GeoLite2-ASN.mmdb"]\n', encoding="utf-8")
+    assert load_config(listed).values["geoip"] == (
+        tmp_path / "etc" / "geo" / "GeoLite2-Country.mmdb",
+        Path("/srv/geo/GeoLite2-ASN.mmdb"),
+    )
+    single = tmp_path / "etc" / "one.toml"
+    single.write_text('geoip = "dbip-country-lite.mmdb"\n', encoding="utf-8")
+    config = load_config(single)
+    assert config.values["geoip"] == (tmp_path / "etc" / "dbip-country-lite.mmdb",)
+    assert config.defaults({"geoip_files", "database"}) == {
+        "geoip_files": (tmp_path / "etc" / "dbip-country-lite.mmdb",)
+    }

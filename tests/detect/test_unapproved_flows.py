@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
+from click.testing import CliRunner
 
+from quaywatch.cli.main import main
 from quaywatch.detect import unapproved_flows
 from quaywatch.detect.context import DetectionContext
 from quaywatch.detect.registry import build_context_views
 from tests.detect.simulated import SimulatedSite, build_site, matches_label
+from tests.intel.mmdb import write_mmdb
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +79,32 @@ def test_a_policy_evaluation_without_flow_columns_gives_the_same_alerts(
     finally:
         con.close()
     assert len(current) == 3 and older == current
+
+
+def test_detect_with_the_sites_geoip_files_names_the_peers_country_and_as(
+    modem_site: SimulatedSite, tmp_path: Path
+) -> None:
+    """`quaywatch detect --geoip`: real MaxMind DB files (written with mmdb-writer) give D1 the cloud's country."""
+    database = tmp_path / "copy.duckdb"
+    shutil.copy(modem_site.database, database)
+    country = write_mmdb(tmp_path / "dbip-country-lite.mmdb", "DBIP-Country-Lite", {
+        "47.96.0.0/11": {"country": {"iso_code": "CN", "names": {"en": "China"}}},
+    })  # fmt: skip
+    asn = write_mmdb(tmp_path / "dbip-asn-lite.mmdb", "DBIP-ASN-Lite (compat=GeoLite2-ASN)", {
+        "47.96.0.0/11": {"autonomous_system_number": 37963, "autonomous_system_organization": "Alibaba <b>Cloud</b>"},
+    })  # fmt: skip
+    command = ["detect", "--db", str(database), "--policy", str(modem_site.directory / "policy.yaml")]
+    result = CliRunner().invoke(main, [*command, "--geoip", str(country), "--geoip", str(asn), "--json"])
+    assert result.exit_code == 0, result.output
+    con = duckdb.connect(str(database), read_only=True)
+    (explanation, values) = con.execute(
+        "SELECT explanation, values_json FROM alerts WHERE detection = ? AND key_json LIKE '%47.103.24.117%'",
+        [unapproved_flows.DETECTION],
+    ).fetchone() or ("", "{}")
+    con.close()
+    assert "country CN (China), ASN AS37963 (Alibaba <b>Cloud</b>)" in explanation  # raw here; outputs escape it
+    evidence = json.loads(values)
+    assert evidence["peer_country"] == ["CN (China)"]
+    assert "dbip-country-lite.mmdb (DBIP-Country-Lite, built " in evidence["geoip_source"][0]
+    missing = CliRunner().invoke(main, [*command, "--geoip", str(tmp_path / "absent.mmdb")])
+    assert missing.exit_code != 0 and "absent.mmdb: no such GeoIP database file" in missing.output

@@ -123,6 +123,14 @@ def _open(database: Path, read_only: bool = False) -> Store:
     default=None,
     help="Detections run at once, each on a cursor of its own (default: the cores, at most 4).",
 )
+@click.option(
+    "--geoip",
+    "geoip_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="A MaxMind DB file (GeoLite2/DB-IP Lite country or ASN, IPinfo Lite) for the internet peers' country and "
+    "AS; repeat for several. Offline: nothing is downloaded.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 def detect(
     database: Path,
@@ -131,14 +139,21 @@ def detect(
     learning_until: str | None,
     learning_share: float | None,
     workers: int | None,
+    geoip_files: tuple[Path, ...],
     as_json: bool,
 ) -> None:
     """Run every detection over the database and replace their alerts."""
     from quaywatch.detect.registry import run_detections
+    from quaywatch.intel.geoip import GeoDatabaseError, GeoDatabases
 
     policy = None
     if policy_file is not None:
         policy = load_policy_or_exit(policy_file, EXIT_PROBLEM)
+    try:
+        geo = GeoDatabases(geoip_files) if geoip_files else None
+    except GeoDatabaseError as error:
+        _fail(str(error), EXIT_PROBLEM)
+        raise  # unreachable: _fail exits
     store = _open(database)
     try:
         options: dict[str, object] = {}
@@ -148,7 +163,7 @@ def detect(
             options["learning_share"] = learning_share
         summary = run_detections(
             store,
-            DetectionContext(policy=policy, options=options),
+            DetectionContext(policy=policy, options=options, enrichers=(geo,) if geo is not None else ()),
             rules_folder=rules_folder,
             workers=workers or min(len(os.sched_getaffinity(0)), 4),
         )
@@ -160,6 +175,8 @@ def detect(
         _fail(str(error), EXIT_STORE)
     finally:
         store.close()
+        if geo is not None:
+            geo.close()
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:

@@ -7,6 +7,7 @@ signature. ``now`` is passed in rather than read so that a test, or a re-run ove
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,3 +21,6 @@ class DetectionContext:
     policy: Policy | None = None
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     options: dict[str, Any] = field(default_factory=dict)
+    #: Address enrichment, each ``ip -> {"country": ..., "asn": ...}`` (intel/geoip.py reads the site's MaxMind DB
+    #: files); the first to answer a field wins. Empty: destinations stay "unknown", as offline without a file.
+    enrichers: tuple[Callable[[str], dict[str, str]], ...] = ()

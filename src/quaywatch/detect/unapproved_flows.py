@@ -6,9 +6,10 @@ one finding with a count, not sixty. A violation between two zones names both zo
 why no conduit matched. Severity rises for controllers, drives and weather stations (whose traffic should never leave
 their zone) and for outbound connections to the internet.
 
-The destination's country and ASN are "unknown": there is no GeoIP database on an air-gapped site and nothing is
-downloaded. :data:`ENRICHERS` is the hook: append a function ``ip -> {"country": ..., "asn": ...}`` (an offline
-MaxMind or RIR table carried onto the site) and its answers land in the evidence and the explanation.
+The internet peer's country and ASN come from the MaxMind DB files the site copied in (``detect --geoip``, config
+``geoip``; intel/geoip.py), which the context hands over as ``enrichers``; nothing is downloaded, and without a file
+they are "unknown". The file that answered is named in the evidence (``geoip_source``). :data:`ENRICHERS` takes
+further functions ``ip -> {"country": ..., "asn": ...}`` for other offline tables.
 """
 
 from __future__ import annotations
@@ -106,12 +107,13 @@ _EVIDENCE = _MATCHED.format(
 )
 
 
-def enrich(ip: str) -> dict[str, str]:
-    """Country and ASN of an address from the registered enrichers; "unknown" offline."""
-    found = {"country": "unknown", "asn": "unknown"}
-    for enricher in ENRICHERS:
-        found |= {key: value for key, value in enricher(ip).items() if value}
-    return found
+def enrich(ip: str, enrichers: tuple[Callable[[str], dict[str, str]], ...] = ()) -> dict[str, str]:
+    """Country and ASN of an address from the context's enrichers (the site's GeoIP files) and the registered
+    ones, the first to answer a field winning; "unknown" without any."""
+    found: dict[str, str] = {}
+    for enricher in (*enrichers, *ENRICHERS):
+        found |= {key: value for key, value in enricher(ip).items() if value and key not in found}
+    return {"country": "unknown", "asn": "unknown"} | found
 
 
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
@@ -138,11 +140,13 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
             group["evidence"] = [records[row] for row in group["evidence"]]
     alerts = []
     for group in groups:
-        alerts.append(_alert(list(group.pop("evidence")), group))
+        alerts.append(_alert(list(group.pop("evidence")), group, context.enrichers))
     return alerts
 
 
-def _alert(rows: list[dict[str, Any]], group: dict[str, Any]) -> Alert:
+def _alert(
+    rows: list[dict[str, Any]], group: dict[str, Any], enrichers: tuple[Callable[[str], dict[str, str]], ...] = ()
+) -> Alert:
     """``rows``: the group's first EVIDENCE_FLOWS flows in time order; ``group``: its aggregates (``_GROUPS``)."""
     first = rows[0]
     client, server = first["client_ip"], first["server_ip"]
@@ -155,7 +159,7 @@ def _alert(rows: list[dict[str, Any]], group: dict[str, Any]) -> Alert:
     side_role = first[f"{ot_side}_role"]
     zone = first["server_zone"]
     peer = server if ot_side == "client" else client
-    peer_info = enrich(peer) if external else {}
+    peer_info = enrich(peer, enrichers) if external else {}
     protocols = sorted(str(value) for value in group["protocols"])
     ports = sorted(int(value) for value in group["ports"])
     reasons = sorted(str(value) for value in group["reasons"])
@@ -237,6 +241,7 @@ def _alert(rows: list[dict[str, Any]], group: dict[str, Any]) -> Alert:
             "reason": reasons[:20],
             "conduit": sorted(group["conduits"] or [])[:20],
             **({"peer_country": [peer_info["country"]], "peer_asn": [peer_info["asn"]]} if external else {}),
+            **({"geoip_source": [peer_info["geoip_source"]]} if "geoip_source" in peer_info else {}),
         },
     )
     return Alert(
