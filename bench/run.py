@@ -186,9 +186,16 @@ def ingest(context: Context) -> list[Measurement]:
             path.unlink(missing_ok=True)
 
     decoded = best(
-        "quaywatch analyze, all decoders on", packets,
-        [QUAYWATCH, "analyze", str(capture), "--db", str(decoded_database), "--quiet", "--threads", "1"],
-        fresh_decoded, repeats=1,
+        "quaywatch analyze, all decoders on (one core, 1 worker)", packets,
+        [QUAYWATCH, "analyze", str(capture), "--db", str(decoded_database), "--quiet", "--threads", "1",
+         "--workers", "1"],
+        fresh_decoded, repeats=2,
+    )  # fmt: skip
+    # Both cores, the command's defaults (2 workers: inserts and sha256 beside the decoding; DuckDB on both cores).
+    decoded_two = best(
+        "quaywatch analyze, all decoders on (two cores, defaults)", packets,
+        ["taskset", "-c", "0,1", QUAYWATCH, "analyze", str(capture), "--db", str(decoded_database), "--quiet"],
+        fresh_decoded, repeats=2,
     )  # fmt: skip
     flows = subprocess.run(
         [PYTHON, "-c", f"import duckdb; print(duckdb.connect('{database}').execute('SELECT count(*) FROM flows')"
@@ -207,9 +214,14 @@ def ingest(context: Context) -> list[Measurement]:
         "  quaywatch steady state (wall − start-up)", packets, max(quaywatch.seconds - startup.seconds, 1e-9)
     )
     decoded_steady = Measurement(
-        "  all decoders, steady state (wall − start-up)", packets, max(decoded.seconds - startup.seconds, 1e-9)
-    )
-    measurements = [quaywatch, startup, steady, decoded, decoded_steady]
+        "  all decoders, one core, steady state (wall − start-up)", packets,
+        max(decoded.seconds - startup.seconds, 1e-9),
+    )  # fmt: skip
+    decoded_two_steady = Measurement(
+        "  all decoders, two cores, steady state (wall − start-up)", packets,
+        max(decoded_two.seconds - startup.seconds, 1e-9),
+    )  # fmt: skip
+    measurements = [quaywatch, startup, steady, decoded, decoded_steady, decoded_two, decoded_two_steady]
     if shutil.which("tshark"):
         head = prefix(capture, TSHARK_PACKETS)
         tshark = best(
@@ -246,6 +258,20 @@ def ingest(context: Context) -> list[Measurement]:
     )  # fmt: skip
     measurements.append(record_loop)
     rate = quaywatch.rate
+    # Every decoder on, one core and two, against tshark's dissection of every layer and of every field.
+    decoded_ratios: dict[str, float | None] = {}
+    for label, measurement in (
+        ("all_decoders", decoded),
+        ("all_decoders_steady_state", decoded_steady),
+        ("all_decoders_two_cores", decoded_two),
+        ("all_decoders_two_cores_steady_state", decoded_two_steady),
+    ):
+        for peer, peer_name in (
+            ("full_dissection", "tshark full dissection (summary lines)"),
+            ("every_field", "tshark full dissection, every field (-V)"),
+        ):
+            peer_rate = next((m.rate for m in measurements if m.name == peer_name), None)
+            decoded_ratios[f"{label}_over_tshark_{peer}"] = measurement.rate / peer_rate if peer_rate else None
     context.results["ingest"] = {
         "capture": str(capture),
         "packets": packets,
@@ -253,18 +279,7 @@ def ingest(context: Context) -> list[Measurement]:
         "measurements": [m.__dict__ | {"packets_per_second": m.rate} for m in measurements],
         "ratios": {
             "quaywatch_over_tshark": rate / tshark.rate if shutil.which("tshark") else None,
-            "all_decoders_over_tshark_full_dissection": decoded.rate / tshark_full.rate
-            if shutil.which("tshark")
-            else None,
-            "all_decoders_steady_state_over_tshark_full_dissection": decoded_steady.rate / tshark_full.rate
-            if shutil.which("tshark")
-            else None,
-            "all_decoders_over_tshark_every_field": decoded.rate / tshark_verbose.rate
-            if shutil.which("tshark")
-            else None,
-            "all_decoders_steady_state_over_tshark_every_field": decoded_steady.rate / tshark_verbose.rate
-            if shutil.which("tshark")
-            else None,
+            **decoded_ratios,
             "quaywatch_steady_state_over_tshark": steady.rate / tshark.rate if shutil.which("tshark") else None,
             "quaywatch_over_dpkt": rate / dpkt_loop.rate,
             "quaywatch_steady_state_over_dpkt": steady.rate / dpkt_loop.rate,

@@ -8,13 +8,20 @@ Each batch of records goes through the same steps::
 
 Only the Dispatcher works per packet in Python, and only for the payloads a
 decoder asked for.
+
+With two workers (a second core) that Python thread is the critical path and
+what can leave it runs beside it, without the GIL: the file's sha256, the
+content inspectors' compiled scans and the DuckDB inserts. The stored rows are
+the same (tests/test_analysis_workers.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +36,7 @@ from quaywatch.detect.rollups import build_rollups
 from quaywatch.flows.records import FLOW_SCHEMA, TRANSPORT_NAMES, address_strings, flows_to_arrow, mac_strings
 from quaywatch.flows.tracker import FlowTracker, Timeouts
 from quaywatch.ingest import layers
-from quaywatch.ingest.capture import CaptureFormatError, CaptureReader, detect_format
+from quaywatch.ingest.capture import CaptureFormatError, CaptureReader, RecordBatch, detect_format
 from quaywatch.ingest.fragments import FragmentReassembler
 from quaywatch.store.database import ARP_SCHEMA, Store, event_schema
 
@@ -70,6 +77,18 @@ def file_sha256(path: Path) -> str:
 
 
 SAMPLE_BYTES = 1 << 20
+
+#: The analysis has two kinds of work that can run at once (decoding; inserts and hashing), so more gain nothing.
+MAX_WORKERS = 2
+
+
+def default_workers() -> int:
+    """The cores this process may run on (``taskset`` limits them), at most :data:`MAX_WORKERS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_WORKERS, cores))
 
 
 def file_identity(path: Path) -> str:
@@ -121,8 +140,13 @@ class Analyzer:
         decoders: list[Decoder] | None = None,
         timeouts: Timeouts | None = None,
         buffer_bytes: int = 16 << 20,
+        workers: int = 1,
     ) -> None:
         self.store = store
+        #: Threads the analysis keeps busy: with two, the DuckDB inserts, the file's sha256 and the content
+        #: inspectors' compiled scans run beside the parsing and decoding (Store.background_writes, CaptureReader's
+        #: background hash, Dispatcher's executor), on a second core; the tables are identical.
+        self.workers = workers
         self.decoders = all_decoders() if decoders is None else decoders
         self.timeouts = timeouts
         self.buffer_bytes = buffer_bytes
@@ -149,12 +173,13 @@ class Analyzer:
             result.fault_offset = 0
             return result
         self.store.begin_capture(result.capture_id, path.name, str(path), path.stat().st_size, __version__)
-        reader = CaptureReader(path, buffer_bytes=self.buffer_bytes)
-        try:
-            self._read(reader, result, progress)
-        except CaptureFormatError as error:
-            result.fault = str(error)
-            result.fault_offset = error.offset
+        reader = CaptureReader(path, buffer_bytes=self.buffer_bytes, background_hash=self.workers > 1)
+        with self.store.background_writes() if self.workers > 1 else nullcontext():
+            try:
+                self._read(reader, result, progress)
+            except CaptureFormatError as error:
+                result.fault = str(error)
+                result.fault_offset = error.offset
         if reader.fault is not None:
             result.fault = str(reader.fault)
             result.fault_offset = reader.fault.offset
@@ -183,17 +208,12 @@ class Analyzer:
 
     def _read(self, reader: CaptureReader, result: CaptureResult, progress: Progress | None) -> None:
         tracker = FlowTracker(self.timeouts, server_ports={p for d in self.decoders for p in d.ports})
-        dispatcher = Dispatcher(self.decoders, result.capture_id)
+        dispatcher = Dispatcher(self.decoders, result.capture_id, workers=self.workers)
         dispatcher.on_full = lambda: self._write_events(dispatcher)
         fragments = FragmentReassembler()
         names = dispatcher.names
         try:
-            for batch in reader.batches():
-                count = batch.count
-                packets = np.zeros(count, layers.PACKET_DTYPE)
-                tally = layers.parse_packets(
-                    batch.buffer, batch.offsets, batch.captured_lengths, batch.link_types, packets
-                )
+            for batch, packets, tally in (_parse(batch) for batch in reader.batches()):
                 original_lengths = batch.original_lengths
                 overrides: dict[int, np.ndarray] = {}
                 if tally[layers.TALLY_FRAGMENT]:
@@ -325,6 +345,15 @@ class Analyzer:
             "detail": [i[2] for i in items],
         }
         self.store.append(ANOMALY_TABLE, pa.table(rows).cast(_subset(self.store.schemas[ANOMALY_TABLE], rows)))
+
+
+_Parsed = tuple[RecordBatch, np.ndarray, np.ndarray]  # a batch, its packet headers and the tally
+
+
+def _parse(batch: RecordBatch) -> _Parsed:
+    packets = np.zeros(batch.count, layers.PACKET_DTYPE)
+    tally = layers.parse_packets(batch.buffer, batch.offsets, batch.captured_lengths, batch.link_types, packets)
+    return batch, packets, tally
 
 
 def _arp_kind(operation: int, sender_ip: str, target_ip: str, target_mac: str) -> str:

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from rich.table import Table
 
 from quaywatch import __version__
-from quaywatch.analysis import Analyzer, CaptureResult, expand_inputs
+from quaywatch.analysis import MAX_WORKERS, Analyzer, CaptureResult, default_workers, expand_inputs
 from quaywatch.cli.alerts import COMMANDS as ALERT_COMMANDS
 from quaywatch.cli.assets import assets, import_inventory
 from quaywatch.cli.intel import intel
@@ -82,6 +82,13 @@ def _default_map(command: click.Command, config: Any) -> dict[str, Any]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary as one JSON object.")
 @click.option("--threads", type=click.IntRange(1, 256), default=None, help="Threads DuckDB may use.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Threads the analysis keeps busy: 1 does everything on one; 2 (or more, which count as 2) runs the database "
+    "inserts, the file's sha256 and the payload scans beside the decoding. Default: the cores this process may use.",
+)
 @click.option("--force", is_flag=True, help="Analyse again captures already in the database.")
 @click.option(
     "--decoders",
@@ -108,6 +115,7 @@ def analyze(
     quiet: bool,
     as_json: bool,
     threads: int | None,
+    workers: int | None,
     force: bool,
     decoders: str,
     inventory: Path | None,
@@ -140,7 +148,7 @@ def analyze(
         sys.exit(EXIT_STORE)
     results: list[CaptureResult] = []
     try:
-        analyzer = Analyzer(store, decoders=chosen)
+        analyzer = Analyzer(store, decoders=chosen, workers=min(workers or default_workers(), MAX_WORKERS))
         for note in skipped:
             console.print(f"[yellow]skipped[/] {terminal_safe(note.fault or '')}")
         show_progress = not quiet and not as_json and sys.stderr.isatty()

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +35,7 @@ from quaywatch.flows.community_id import community_id
 from quaywatch.flows.reassembly import StreamData, StreamGap, StreamReassembler
 from quaywatch.flows.records import TRANSPORT_NAMES, address_bytes, address_strings, mac_strings
 from quaywatch.ingest import layers
+from quaywatch.ingest.background import give_way
 from quaywatch.store.database import event_schema
 
 log = logging.getLogger(__name__)
@@ -83,8 +87,20 @@ class Dispatcher:
     #: Whether decoders' vectorised datagram paths are used (tests turn it off to compare both paths).
     VECTORISED = True
 
-    def __init__(self, decoders: list[Decoder], capture_id: str, on_full: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        decoders: list[Decoder],
+        capture_id: str,
+        on_full: Callable[[], None] | None = None,
+        workers: int = 1,
+    ) -> None:
         self.on_full = on_full
+        #: With a second worker, content inspectors' compiled scans (``scan``, GIL-free) run on this thread while
+        #: the sessions decode the same batch; their matches are added at the end of the batch either way.
+        self.executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="quaywatch-inspect", initializer=give_way) if workers > 1 else None
+        )
+        self.pending_content: list[tuple[Any, ...]] = []
         self.decoders = decoders
         self.capture_id = capture_id
         self.schemas: dict[str, pa.Schema] = {ANOMALY_TABLE: event_schema(ANOMALY_SCHEMA)}
@@ -155,7 +171,10 @@ class Dispatcher:
         overrides: dict[int, np.ndarray],
     ) -> None:
         """Feed this batch's wanted payloads to their sessions."""
-        self._dispatch(buffer, packets, timestamps, first_packet_number, flow_index, direction, flows, overrides)
+        try:
+            self._dispatch(buffer, packets, timestamps, first_packet_number, flow_index, direction, flows, overrides)
+        finally:  # the batch's buffer is valid only until the next batch: no scan may outlive this call
+            self._finish_content()
         if self.fold_parts or self.fold_events:
             self._fold_batch()
 
@@ -553,23 +572,40 @@ class Dispatcher:
         for decoder_index in self.content_decoders:
             decoder = self.decoders[decoder_index]
             for data, starts, lengths, group_keys, indices in sources:
-                try:
-                    found = decoder.inspect(data, starts, lengths, group_keys)  # type: ignore[attr-defined]
-                except Exception as error:  # an inspector must not raise; record it and go on
-                    found = []
-                    log.warning("content inspector %s raised %r", decoder.name, error)
-                for payload_index, _offset, fields in found:
-                    index = int(indices[payload_index])
-                    row_index = int(rows[np.searchsorted(candidates, index)])
-                    envelope = self._content_envelope(flows[row_index])
-                    side = int(direction[index])
-                    event = Event(next(iter(decoder.tables)), str(fields["kind"]), fields)
-                    self.buffer.add(
-                        {**envelope, "direction": DIRECTION_NAMES[side]},
-                        event,
-                        int(timestamps[index]),
-                        first_packet_number + index,
-                    )
+                scan = getattr(decoder, "scan", None)
+                job: Future[object] | Callable[[], object]
+                if scan is not None and self.executor is not None and data is buffer:
+                    job = self.executor.submit(scan, data, starts, lengths, group_keys)
+                else:
+                    job = partial(decoder.inspect, data, starts, lengths, group_keys)  # type: ignore[attr-defined]
+                self.pending_content.append((decoder, job, indices, rows, candidates, direction, timestamps,
+                                             first_packet_number, flows))  # fmt: skip
+
+    def _finish_content(self) -> None:
+        """The content inspectors' matches of this batch, added after the sessions' events.
+
+        A scan handed to the worker thread ran while the sessions decoded; its Python part runs here. Each table's
+        rows keep packet order either way: only these rows' place among other tables' rows moves.
+        """
+        pending, self.pending_content = self.pending_content, []
+        for decoder, job, indices, rows, candidates, direction, timestamps, first_packet_number, flows in pending:
+            try:
+                found = decoder.finish(job.result()) if isinstance(job, Future) else job()
+            except Exception as error:  # an inspector must not raise; record it and go on
+                found = []
+                log.warning("content inspector %s raised %r", decoder.name, error)
+            for payload_index, _offset, fields in found:
+                index = int(indices[payload_index])
+                row_index = int(rows[np.searchsorted(candidates, index)])
+                envelope = self._content_envelope(flows[row_index])
+                side = int(direction[index])
+                event = Event(next(iter(decoder.tables)), str(fields["kind"]), fields)
+                self.buffer.add(
+                    {**envelope, "direction": DIRECTION_NAMES[side]},
+                    event,
+                    int(timestamps[index]),
+                    first_packet_number + index,
+                )
 
     def _content_envelope(self, flow_row: np.void) -> dict[str, object]:
         uid = int(flow_row["uid"])
@@ -733,6 +769,9 @@ class Dispatcher:
                 self._emit(flow_session.envelope, events, None, last_timestamp, last_packet)
 
     def close_all(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+            self.executor = None
         for key, session in list(self.frame_sessions.items()):
             events = self._guard(self.decoders[key[0]].name, session.close)
             if events:

@@ -17,7 +17,8 @@ import hashlib
 import io
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,6 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from quaywatch.ingest import records
+from quaywatch.ingest.background import give_way
 from quaywatch.ingest.linktypes import SUPPORTED_LINK_TYPES, link_type_name
 
 PCAP_MAGICS: dict[bytes, tuple[bool, bool]] = {
@@ -150,35 +152,60 @@ class _GzipStream(io.RawIOBase):
 
 
 class _HashingFile(io.RawIOBase):
-    """Hashes the raw file bytes as they are read, so the sha256 costs no second pass."""
+    """Hashes the raw file bytes as they are read, so the sha256 costs no second pass.
 
-    def __init__(self, raw: BinaryIO, digest: Any) -> None:
+    With ``background`` the digest is updated on a thread of its own (hashlib releases the GIL for large
+    buffers), so hashing overlaps the parsing on a second core. Bytes read into a caller's buffer stay in use
+    until :meth:`settle`: the reader's window calls it before it overwrites them.
+    """
+
+    def __init__(self, raw: BinaryIO, digest: Any, background: bool = False) -> None:
         self.raw = raw
         self.digest = digest
         self.position = 0
+        self.executor = (
+            ThreadPoolExecutor(1, thread_name_prefix="quaywatch-sha256", initializer=give_way) if background else None
+        )
+        self.pending: Future[None] | None = None
 
     def readable(self) -> bool:
         return True
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
-        self.digest.update(data)
+        self._update(data)
         self.position += len(data)
         return data
 
     def readinto(self, target: Any) -> int:
         count = self.raw.readinto(target)  # type: ignore[attr-defined]
         if count:
-            self.digest.update(memoryview(target)[:count])
+            self._update(memoryview(target)[:count])
             self.position += count
         return int(count or 0)
+
+    def _update(self, data: bytes | memoryview) -> None:
+        if self.executor is None:
+            self.digest.update(data)
+        else:  # one worker runs the updates in submission order
+            self.pending = self.executor.submit(self.digest.update, data)
+
+    def settle(self) -> None:
+        """Wait until every byte read so far is in the digest (the caller may then reuse its buffers)."""
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
 
     def drain(self) -> None:
         """Hash whatever was not read, e.g. after a fault stopped the reader."""
         while self.read(8 << 20):
             pass
+        self.settle()
 
     def close(self) -> None:
+        self.settle()
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
         self.raw.close()
         super().close()
 
@@ -190,8 +217,17 @@ class _Window:
     batch is requested; consumers copy what they keep.
     """
 
-    def __init__(self, stream: io.RawIOBase, size: int, initial: bytes, start_offset: int) -> None:
+    def __init__(
+        self,
+        stream: io.RawIOBase,
+        size: int,
+        initial: bytes,
+        start_offset: int,
+        settle: Callable[[], None] | None = None,
+    ) -> None:
         self.stream = stream
+        #: Called before bytes already read are overwritten (a background hash may still read them).
+        self.settle = settle or (lambda: None)
         self.storage = bytearray(size)
         self.view = memoryview(self.storage)
         self.array = np.frombuffer(self.storage, np.uint8)
@@ -203,6 +239,7 @@ class _Window:
 
     def grow(self) -> None:
         """Double the buffer when one record does not fit (small buffers in tests, huge blocks)."""
+        self.settle()
         storage = bytearray(len(self.storage) * 2)
         storage[: self.filled] = self.view[: self.filled]
         self.view.release()
@@ -213,6 +250,7 @@ class _Window:
     def slide(self, consumed: int) -> None:
         """Drop ``consumed`` bytes from the front and fill the rest from the stream."""
         remaining = self.filled - consumed
+        self.settle()
         if consumed:
             self.storage[:remaining] = self.view[consumed : self.filled]
             self.file_offset += consumed
@@ -238,8 +276,11 @@ class CaptureReader:
         path: Path,
         buffer_bytes: int = DEFAULT_BUFFER_BYTES,
         batch_packets: int = DEFAULT_BATCH_PACKETS,
+        background_hash: bool = False,
     ) -> None:
         self.path = path
+        #: Hash the file on a second thread (see _HashingFile), for runs that have a second core.
+        self.background_hash = background_hash
         self.buffer_bytes = buffer_bytes
         self.batch_packets = batch_packets
         self.fault: Fault | None = None
@@ -258,13 +299,15 @@ class CaptureReader:
     @property
     def sha256(self) -> str:
         """Digest of the whole file as stored; complete once ``batches`` is exhausted."""
+        if self._raw is not None:
+            self._raw.settle()
         return self._digest.hexdigest()
 
     # -- public -----------------------------------------------------------------
 
-    def batches(self) -> Iterator[RecordBatch]:
+    def batches(self) -> Generator[RecordBatch, None, None]:
         """Yield batches until the end of the file or the first fault."""
-        raw = self._raw = _HashingFile(self.path.open("rb"), self._digest)
+        raw = self._raw = _HashingFile(self.path.open("rb"), self._digest, self.background_hash)
         self.compressed = raw.raw.peek(2)[:2] == GZIP_MAGIC  # type: ignore[attr-defined]
         stream: io.RawIOBase = _GzipStream(raw) if self.compressed else raw  # type: ignore[arg-type]
         try:
@@ -305,6 +348,10 @@ class CaptureReader:
             return self.buffer_bytes
         return min(self.buffer_bytes, max(1 << 16, size + 4096))
 
+    def _settle(self) -> Callable[[], None] | None:
+        """What the window calls before reusing its bytes: only uncompressed reads hash the window in place."""
+        return self._raw.settle if self._raw is not None and not self.compressed else None
+
     def _set_fault(self, offset: int, reason: str, truncated_tail: bool = False) -> None:
         if self.fault is None:
             self.fault = Fault(self.path, offset, reason, truncated_tail)
@@ -331,7 +378,7 @@ class CaptureReader:
         link_type = link_field & 0x0FFFFFFF
         if link_type not in SUPPORTED_LINK_TYPES:
             raise CaptureFormatError(self.path, 20, f"unsupported link type {link_type} ({link_type_name(link_type)})")
-        window = _Window(stream, self._window_bytes(), b"", 24)
+        window = _Window(stream, self._window_bytes(), b"", 24, self._settle())
         window.slide(0)
         while True:
             buffer = window.array
@@ -387,7 +434,7 @@ class CaptureReader:
         time_offsets = np.zeros(256, np.int64)
         interface_count = 0
         big_endian = False
-        window = _Window(stream, self._window_bytes(), head, 0)
+        window = _Window(stream, self._window_bytes(), head, 0, self._settle())
         window.slide(0)
         while True:
             buffer = window.array

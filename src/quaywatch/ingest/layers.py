@@ -112,7 +112,7 @@ TALLY_FRAGMENT = 259
 TALLY_SIZE = 260
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # the analysis may parse ahead on a second thread
 def parse_packets(
     buffer: np.ndarray,
     offsets: np.ndarray,

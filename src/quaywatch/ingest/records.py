@@ -40,7 +40,7 @@ def _u32(buffer: np.ndarray, position: int, big_endian: bool) -> int:
     )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # releases the GIL: the writer and hash threads run meanwhile
 def walk_pcap(
     buffer: np.ndarray,
     position: int,
@@ -88,7 +88,7 @@ def walk_pcap(
         position += 16 + captured
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)  # releases the GIL: the writer and hash threads run meanwhile
 def walk_pcapng(
     buffer: np.ndarray,
     position: int,

@@ -12,13 +12,17 @@ or ``partial`` afterwards, which gives two guarantees:
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+import queue
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from quaywatch.decode.base import ANOMALY_SCHEMA, ANOMALY_TABLE
+from quaywatch.ingest.background import give_way
 
 DEFAULT_DATABASE = Path("quaywatch.duckdb")
 
@@ -138,10 +142,37 @@ class Store:
         self.pending_rows: dict[str, int] = {}
         #: Tables that received rows since the current capture began (begin_capture): what its summaries read.
         self.written: set[str] = set()
+        self.writer: _Writer | None = None
 
     def close(self) -> None:
         self.flush()
         self.connection.close()
+
+    @contextmanager
+    def background_writes(self) -> Iterator[None]:
+        """Run the INSERTs on a second thread while the caller goes on (DuckDB executes without the GIL).
+
+        Rows reach the tables in the order they were appended, as without it. A failed INSERT is raised as the
+        same :class:`StoreError` by the next ``append`` or ``flush`` in the calling thread; leaving the block
+        writes every queued row (or raises) and ends the thread.
+        """
+        if self.writer is not None:
+            yield
+            return
+        # One DuckDB thread meanwhile: the caller keeps the other core busy. The setting is restored afterwards
+        # (the capture's summaries are queries that use every thread allowed).
+        threads = self.connection.execute("SELECT current_setting('threads')").fetchone()
+        self.connection.execute("SET threads = 1")
+        self.writer = _Writer(self.connection.cursor(), self.path)
+        try:
+            yield
+            self.flush()
+        finally:
+            writer, self.writer = self.writer, None
+            writer.stop()
+            if threads is not None:
+                self.connection.execute(f"SET threads = {int(threads[0])}")
+        writer.raise_error()
 
     # -- schema ---------------------------------------------------------------------
 
@@ -242,14 +273,34 @@ class Store:
 
     def flush(self) -> None:
         """Write every queued row."""
-        for name in list(self.pending):
-            self._write(name)
+        if self.writer is None:
+            for name in list(self.pending):
+                self._write(name)
+            return
+        self.writer.wait()  # what was handed over first: each table's rows keep their order
+        # The caller would only wait for the rest (every table's last partial row groups, most of a small capture's
+        # rows): it writes about half of them itself while the writer does the other half, on two cores.
+        loads = [0, 0]
+        mine = []
+        for name in sorted(self.pending, key=lambda table: -self.pending_rows.get(table, 0)):
+            side = 0 if loads[0] <= loads[1] else 1
+            loads[side] += self.pending_rows.get(name, 0)
+            if side == 0:
+                self._write(name)  # to the writer
+            else:
+                mine.append(name)
+        for name in mine:
+            batch = self._take(name)
+            if batch is not None:
+                _insert(self.connection, self.path, name, batch)
+        self.writer.wait()
 
-    def _write(self, name: str, whole_groups: bool = False) -> None:
+    def _take(self, name: str, whole_groups: bool = False) -> pa.Table | None:
+        """The rows queued for ``name`` as one table (only whole row groups with ``whole_groups``), or None."""
         tables = self.pending.pop(name, [])
         self.pending_rows.pop(name, None)
         if not tables:
-            return
+            return None
         batch = pa.concat_tables(tables, promote_options="permissive")
         if whole_groups:  # write whole row groups only; the rest waits for the next rows
             cut = batch.num_rows - batch.num_rows % self.FLUSH_ROWS
@@ -257,10 +308,16 @@ class Store:
                 self.pending[name] = [batch.slice(cut)]
                 self.pending_rows[name] = batch.num_rows - cut
                 batch = batch.slice(0, cut)
-        try:
-            self.connection.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM batch')
-        except duckdb.Error as error:
-            raise StoreError(f"{self.path}: cannot write table {name}: {error}") from error
+        return batch
+
+    def _write(self, name: str, whole_groups: bool = False) -> None:
+        batch = self._take(name, whole_groups)
+        if batch is None:
+            return
+        if self.writer is not None:
+            self.writer.submit(name, batch)
+            return
+        _insert(self.connection, self.path, name, batch)
 
     # -- export ---------------------------------------------------------------------
 
@@ -275,3 +332,87 @@ class Store:
             self.connection.execute(f"""COPY "{table}" TO '{quoted}' (FORMAT parquet, COMPRESSION zstd)""")
             written.append(target)
         return written
+
+
+def _insert(connection: duckdb.DuckDBPyConnection, path: Path, name: str, batch: pa.Table) -> None:
+    try:
+        connection.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM batch')
+    except duckdb.Error as error:
+        raise StoreError(f"{path}: cannot write table {name}: {error}") from error
+
+
+class _Writer:
+    """The thread behind :meth:`Store.background_writes`: INSERTs in order from a bounded queue.
+
+    After the first failure it drops what follows (the caller stops at the error, as it would have without the
+    thread) and keeps taking items, so the caller never blocks on a full queue; the caller also checks the thread
+    is alive while it waits, so a dead writer cannot hang it.
+    """
+
+    #: Batches waiting at most (each up to a few row groups): bounds the memory the queue holds.
+    DEPTH = 8
+
+    def __init__(self, connection: duckdb.DuckDBPyConnection, path: Path) -> None:
+        self.connection = connection
+        self.path = path
+        self.queue: queue.Queue[tuple[str, pa.Table] | threading.Event | None] = queue.Queue(self.DEPTH)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="quaywatch-store-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        give_way()
+        try:
+            while True:
+                item = self.queue.get()
+                if item is None:
+                    return
+                if isinstance(item, threading.Event):
+                    item.set()
+                    continue
+                if self.error is None:
+                    try:
+                        _insert(self.connection, self.path, *item)
+                    except BaseException as error:  # handed to the caller's thread
+                        self.error = error
+        except BaseException as error:  # the thread itself failed: the caller raises it
+            self.error = self.error or error
+        finally:
+            self.connection.close()
+
+    def _put(self, item: tuple[str, pa.Table] | threading.Event | None) -> None:
+        while True:
+            if not self.thread.is_alive():
+                self.raise_error()
+                raise StoreError(f"{self.path}: the database writer stopped")
+            try:
+                self.queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def submit(self, name: str, batch: pa.Table) -> None:
+        self.raise_error()
+        self._put((name, batch))
+
+    def wait(self) -> None:
+        """Return once every batch submitted so far is written; raise the writer's error if one failed."""
+        done = threading.Event()
+        self._put(done)
+        while not done.wait(0.1):
+            if not self.thread.is_alive():
+                self.raise_error()
+                raise StoreError(f"{self.path}: the database writer stopped")
+        self.raise_error()
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            if isinstance(self.error, StoreError):
+                raise self.error
+            raise StoreError(f"{self.path}: the database writer failed: {self.error!r}") from self.error
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            with suppress(StoreError):
+                self._put(None)
+            self.thread.join()

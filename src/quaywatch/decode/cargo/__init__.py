@@ -27,6 +27,7 @@ compressed HTTP body is not seen.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -66,7 +67,7 @@ _EDIFACT = (
 )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def find_container_ids(data: np.ndarray, out: np.ndarray) -> int:
     """Start offsets of ``AAAU999999 9`` shapes (one optional space after the category and the serial)."""
     size = data.shape[0]
@@ -103,7 +104,7 @@ def find_container_ids(data: np.ndarray, out: np.ndarray) -> int:
     return count
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _lay_out(
     buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, order: np.ndarray, separated: np.ndarray,
     out: np.ndarray, positions: np.ndarray,
@@ -122,7 +123,7 @@ def _lay_out(
     return cursor
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _within(
     buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, heads: np.ndarray, tails: np.ndarray,
     first_begin: np.ndarray, last_begin: np.ndarray,
@@ -163,7 +164,7 @@ def _begins(a: int, b: int, c: int, d: int) -> bool:
     return (d == 85 or d == 74 or d == 90) and 65 <= a <= 90 and 65 <= b <= 90 and 65 <= c <= 90
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _stream_needs(
     lengths: np.ndarray, order: np.ndarray, separated: np.ndarray, reach: int, heads: np.ndarray, tails: np.ndarray,
     first_begin: np.ndarray, last_begin: np.ndarray,
@@ -249,6 +250,17 @@ def _id_text(window: bytes) -> bytes:
     return window
 
 
+@dataclass(slots=True)
+class Scan:
+    """What the compiled scan of one batch found: the payloads laid out (``out``) in ``order``, where each starts
+    (``positions``) and where container ids start in ``out`` (``found``)."""
+
+    order: np.ndarray
+    positions: np.ndarray
+    out: np.ndarray
+    found: np.ndarray
+
+
 class _NoSession(Session):
     def feed(self, data: bytes, direction: Direction, timestamp: float) -> list[Event]:
         return []
@@ -273,9 +285,14 @@ class CargoContent(Decoder):
         self, buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, keys: np.ndarray
     ) -> list[tuple[int, int, dict[str, object]]]:
         """Matches as (payload index, offset in that payload, fields); ``keys`` groups payloads by flow direction."""
+        return self.finish(self.scan(buffer, starts, lengths, keys))
+
+    def scan(self, buffer: np.ndarray, starts: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> Scan | None:
+        """The compiled part of :meth:`inspect` (pre-filter, lay-out, id scan), which holds no GIL: the dispatcher
+        may run it on a second thread while the sessions decode. None when no payload can hold a match."""
         count = starts.shape[0]
         if count == 0:
-            return []
+            return None
         order = np.lexsort((np.arange(count), keys))
         sorted_keys = keys[order]
         separated = np.r_[False, sorted_keys[1:] != sorted_keys[:-1]]
@@ -284,7 +301,7 @@ class CargoContent(Decoder):
         if self.PREFILTER:
             needed = _needed(buffer, starts, lengths, order, separated, REACH)
             if not needed.any():
-                return []
+                return None
             # A NUL before each run of needed payloads (each starts a stream of its own, as a new flow direction).
             chosen = np.flatnonzero(needed)
             separated = separated[chosen] | np.r_[True, np.diff(chosen) > 1]
@@ -298,9 +315,16 @@ class CargoContent(Decoder):
         if total > found.shape[0]:
             found = np.empty(min(total, MAX_IDS_PER_BATCH), np.int64)
             find_container_ids(out, found)
+        return Scan(order, positions, out, found[: min(total, found.shape[0])])
+
+    def finish(self, scan: Scan | None) -> list[tuple[int, int, dict[str, object]]]:
+        """The rest of :meth:`inspect`, in Python: check digits, EDIFACT segments and the result rows."""
+        if scan is None:
+            return []
+        order, positions, out, found = scan.order, scan.positions, scan.out, scan.found
         matches: list[tuple[int, str, str, bool, bytes]] = []
         data = out.tobytes()
-        for start in found[: min(total, found.shape[0])].tolist():
+        for start in found.tolist():
             raw = _id_text(data[start : start + 13])
             value = raw.replace(b" ", b"").decode("ascii")
             matches.append((start, "container_id", value, check_digit(value[:10]) == int(value[10]), raw))
