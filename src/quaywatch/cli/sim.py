@@ -16,9 +16,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from quaywatch.cli.sim_live import live
-from quaywatch.sim.model import ModelError
-from quaywatch.sim.scenarios import SCENARIOS
-from quaywatch.sim.simulate import parse_duration, parse_scenario, simulate
 
 EXIT_USAGE = 2
 
@@ -58,6 +55,11 @@ def sim(
 
     Writes DIR/capture.pcapng, DIR/labels.jsonl, DIR/declared-inventory.csv, DIR/policy.yaml and DIR/truth.json.
     """
+    # Imported here, not at the top: every other command would pay the simulator's import (0.1 s) at start-up.
+    from quaywatch.sim.model import ModelError
+    from quaywatch.sim.scenarios import SCENARIOS
+    from quaywatch.sim.simulate import parse_duration, parse_scenario, simulate
+
     if context.invoked_subcommand is not None:
         return
     console = Console(stderr=True)
@@ -108,6 +110,8 @@ def sim(
 @sim.command("scenarios")
 def list_scenarios() -> None:
     """List the attack scenarios with their techniques and parameters."""
+    from quaywatch.sim.scenarios import SCENARIOS
+
     table = Table(title="quaywatch sim scenarios")
     for column in ("name", "what", "ATT&CK", "parameters (defaults)"):
         table.add_column(column, overflow="fold")
