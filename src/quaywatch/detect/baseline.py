@@ -38,7 +38,7 @@ import duckdb
 import pyarrow as pa
 import yaml
 
-from quaywatch.detect import rollups
+from quaywatch.detect import catalog, rollups
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 
 if TYPE_CHECKING:
@@ -144,10 +144,7 @@ def address_spaces() -> dict[int, str]:
 
 
 def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
-    rows = con.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = 'main' AND table_name = ?", [table]
-    ).fetchall()
-    return {str(row[0]) for row in rows}
+    return set(catalog.columns(con, table))
 
 
 def learning_end(con: duckdb.DuckDBPyConnection, options: dict[str, Any] | None = None) -> dt.datetime | None:

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from quaywatch.detect import catalog
 from quaywatch.detect.alert import Alert, EventReference, Evidence
 from quaywatch.detect.beacon_score import (
     MIN_CONNECTIONS,
@@ -144,8 +145,7 @@ class Host:
 
 
 def _temporary_or_main(con: duckdb.DuckDBPyConnection) -> set[str]:
-    rows = con.execute("SELECT table_name FROM duckdb_tables() UNION SELECT view_name FROM duckdb_views()").fetchall()
-    return {str(row[0]) for row in rows}
+    return catalog.tables(con) | catalog.views(con)
 
 
 def _is_internal(ip: str) -> bool:
@@ -202,7 +202,7 @@ def _hosts(
 def _allowed_pairs(con: duckdb.DuckDBPyConnection) -> set[tuple[str, str, int]]:
     """(client, server, port) pairs of ``beacon_pairs`` all of whose flows the policy allows: a conduit or an
     approved destination."""
-    columns = {str(row[0]) for row in con.execute("SELECT column_name FROM (DESCRIBE flow_policy)").fetchall()}
+    columns = set(catalog.columns(con, "flow_policy"))
     if "server_port" in columns:
         rows = con.execute(_ALLOWED_BY_PORT).fetchall()
         return {(str(client), str(server), int(port)) for client, server, port in rows}
@@ -366,8 +366,7 @@ class _Rows:
 
 def _rows(con: duckdb.DuckDBPyConnection, table: str, query: str, text: str, community: str, alias: str) -> _Rows:
     """The rows ``query`` selects; with row ids (capture and flow ids read later) when ``table`` is not a view."""
-    tables = {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-    views = {str(row[0]) for row in con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+    tables, views = catalog.tables(con), catalog.views(con)
     if table in tables and table not in views:
         text_query = _TEXT_BY_ROW.format(text=text, table=table, alias=alias)
         return _Rows(con, query.format(text=f"{community}, {alias}.rowid AS row_id"), text_query)

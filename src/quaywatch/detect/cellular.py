@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from quaywatch.assets.declared import CELLULAR_MAKER_ROLES, CELLULAR_ROLE
+from quaywatch.detect import catalog
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 from quaywatch.detect.rules import relations
 
@@ -147,8 +148,7 @@ class Devices:
 
 
 def _has_context(con: duckdb.DuckDBPyConnection) -> bool:
-    row = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'host_context'").fetchone()
-    return bool(row and row[0])
+    return "host_context" in catalog.tables(con)
 
 
 @functools.lru_cache(maxsize=65536)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from quaywatch.detect import catalog
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 from quaywatch.policy.model import EXTERNAL_ZONE, ContainerDataFlow, Policy
 
@@ -280,7 +281,7 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     the same allowed EDI conduits, hundreds of thousands of matches a day): each combination is judged once in
     Python, and one aggregation in SQL reads only the rows of the kept ones and returns one row per alert.
     """
-    present = {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    present = catalog.tables(con)
     policy: Policy | None = context.policy
     rules = policy.container_data if policy is not None else ()
     judged = bool(rules) and "flow_policy" in present

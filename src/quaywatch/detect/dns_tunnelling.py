@@ -31,6 +31,7 @@ import yaml
 from publicsuffixlist import PublicSuffixList
 
 from quaywatch.decode.dns.message import escape
+from quaywatch.detect import catalog
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 
 if TYPE_CHECKING:
@@ -139,10 +140,7 @@ def _describe(raw: bytes) -> _Name:
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    row = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'main' AND table_name = ?", [name]
-    ).fetchone()
-    return bool(row and row[0])
+    return name in catalog.relations(con)
 
 
 def _row_filter(data: ReferenceData, table: str = "dns") -> str:

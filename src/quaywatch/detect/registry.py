@@ -21,6 +21,7 @@ and ``combine(context, results)`` turning the results, in ``PARTS`` order, into 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import queue
@@ -40,6 +41,7 @@ from quaywatch.assets.declared import CELLULAR_MAKER_ROLES, CELLULAR_ROLE
 from quaywatch.detect import (
     baseline,
     beaconing,
+    catalog,
     cellular,
     container_leakage,
     dns_tunnelling,
@@ -234,12 +236,13 @@ def _in_workers(
         cursor = con.cursor()  # a connection of its own: the context tables are temporary, so build them there
         try:
             build_context_views(cursor)
-            while True:
-                try:
-                    index = pending.get_nowait()
-                except queue.Empty:
-                    return
-                outcomes[index] = tasks[index](cursor)
+            with catalog.registered(cursor):  # what its tasks ask the catalogue, read once
+                while True:
+                    try:
+                        index = pending.get_nowait()
+                    except queue.Empty:
+                        return
+                    outcomes[index] = tasks[index](cursor)
         finally:
             cursor.close()
 
@@ -313,34 +316,37 @@ def run_detections(
     started = time.perf_counter()
     build_context_views(con)
     summary.seconds["context"] = time.perf_counter() - started
-    present = relations(con)
-    chosen = rules if rules is not None else load_rules(rules_folder)
-    names: list[str] = []
-    tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]] = []
-    for rule in chosen:
-        missing = [table for table in rule.tables if table not in present]
-        missing = [table for table in missing if table not in (HOST_CONTEXT, ASSET_FINDINGS)] or missing
-        if missing:
-            summary.skipped[rule.id] = f"no table {', '.join(missing)} in the store"
-            continue
-        names.append(rule.id)
-        tasks.append(functools.partial(_run_rule, rule=rule, context=context))
-    rule_tasks = len(tasks)
-    chosen_modules: list[ModuleType] = []
-    for module in MODULES if modules is None else modules:
-        name = str(getattr(module, "DETECTION", module.__name__))
-        missing = [table for table in getattr(module, "REQUIRES", ()) if table not in present]
-        if missing:
-            summary.skipped[name] = f"no table {', '.join(missing)} in the store"
-            continue
-        names.append(name)
-        chosen_modules.append(module)
-        tasks.append(functools.partial(_run_module, module=module, context=context))
-    runs = rule_tasks + sum(len(getattr(module, "PARTS", {})) or 1 for module in chosen_modules)
-    if workers > 1 and runs > 1:
-        outcomes = _scheduled(con, tasks, rule_tasks, chosen_modules, context, workers)
-    else:
-        outcomes = [task(con) for task in tasks]
+    # What the rules and modules ask the catalogue, read once; with workers each reads its cursor's (and this
+    # connection only asks which tables there are).
+    with catalog.registered(con) if workers <= 1 else contextlib.nullcontext():
+        present = relations(con)
+        chosen = rules if rules is not None else load_rules(rules_folder)
+        names: list[str] = []
+        tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]] = []
+        for rule in chosen:
+            missing = [table for table in rule.tables if table not in present]
+            missing = [table for table in missing if table not in (HOST_CONTEXT, ASSET_FINDINGS)] or missing
+            if missing:
+                summary.skipped[rule.id] = f"no table {', '.join(missing)} in the store"
+                continue
+            names.append(rule.id)
+            tasks.append(functools.partial(_run_rule, rule=rule, context=context))
+        rule_tasks = len(tasks)
+        chosen_modules: list[ModuleType] = []
+        for module in MODULES if modules is None else modules:
+            name = str(getattr(module, "DETECTION", module.__name__))
+            missing = [table for table in getattr(module, "REQUIRES", ()) if table not in present]
+            if missing:
+                summary.skipped[name] = f"no table {', '.join(missing)} in the store"
+                continue
+            names.append(name)
+            chosen_modules.append(module)
+            tasks.append(functools.partial(_run_module, module=module, context=context))
+        runs = rule_tasks + sum(len(getattr(module, "PARTS", {})) or 1 for module in chosen_modules)
+        if workers > 1 and runs > 1:
+            outcomes = _scheduled(con, tasks, rule_tasks, chosen_modules, context, workers)
+        else:
+            outcomes = [task(con) for task in tasks]
     ran: list[str] = []
     alerts: list[Alert] = []
     for name, outcome in zip(names, outcomes, strict=True):

@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from quaywatch.detect import catalog
+
 if TYPE_CHECKING:
     import duckdb
 
@@ -150,7 +152,7 @@ SUMMARY_AGGREGATES = (
 
 def tables(con: duckdb.DuckDBPyConnection) -> set[str]:
     """Every table of the connection, main and temporary (the engine's context tables are temporary)."""
-    return {str(row[0]) for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    return catalog.tables(con)
 
 
 def build_rollups(store: Store, capture_id: str, written: set[str] | None = None) -> None:

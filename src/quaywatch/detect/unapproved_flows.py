@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from quaywatch.detect import catalog
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 
 if TYPE_CHECKING:
@@ -66,7 +67,9 @@ _ROW = "struct_pack(" + ", ".join(
                  "server_role", "client_asset", "server_asset", "flow_id", "capture_id", "packet")
 ) + ")"  # fmt: skip
 # Two groupings of the matched flows, each cheaper than one that carries everything: the distinct combinations of the
-# values the alert lists (a few hundred, however many flows), grouped again into the lists; and per group its
+# values the alert lists (a few hundred, however many flows), grouped again into the lists (list_distinct of a plain
+# list where nulls cannot occur or do not count: the alert sorts those lists, and a DISTINCT aggregate sets up a hash
+# table of its own, about 1 ms each; ports and servers keep theirs, nulls included); and per group its
 # Community IDs and its first EVIDENCE_FLOWS flows: from ``flow_policy`` itself their row ids (a top-N of numbers,
 # their records read afterwards by row id, _EVIDENCE), from the joined form their records.
 _GROUPS = """
@@ -79,12 +82,13 @@ combinations AS (
 lists AS (
     SELECT client_ip, target, CAST(sum(n) AS BIGINT) AS n, min(first_seen) AS first_seen,
            max(last_seen) AS last_seen, bool_or(verdict = 'external_unapproved') AS external,
-           list(DISTINCT coalesce(protocol, 'None')) AS protocols, list(DISTINCT server_port) AS ports,
-           list(DISTINCT coalesce(reason, 'None')) AS reasons, list(DISTINCT server_ip) AS servers,
-           list(DISTINCT verdict) AS verdicts, list(DISTINCT conduit) FILTER (WHERE conduit <> '') AS conduits,
-           list(DISTINCT client_role) FILTER (WHERE client_ot) AS client_roles,
-           list(DISTINCT server_role) FILTER (WHERE server_ot) AS server_roles,
-           list_sort(list(DISTINCT server_ip) FILTER (WHERE server_ot))[1:50] AS ot_servers
+           list_distinct(list(coalesce(protocol, 'None'))) AS protocols, list(DISTINCT server_port) AS ports,
+           list_distinct(list(coalesce(reason, 'None'))) AS reasons, list(DISTINCT server_ip) AS servers,
+           list_distinct(list(verdict)) AS verdicts,
+           list_distinct(list(conduit) FILTER (WHERE conduit <> '')) AS conduits,
+           list_distinct(list(client_role) FILTER (WHERE client_ot)) AS client_roles,
+           list_distinct(list(server_role) FILTER (WHERE server_ot)) AS server_roles,
+           list_sort(list_distinct(list(server_ip) FILTER (WHERE server_ot)))[1:50] AS ot_servers
     FROM combinations GROUP BY client_ip, target
 ),
 firsts AS (
@@ -118,7 +122,7 @@ def enrich(ip: str, enrichers: tuple[Callable[[str], dict[str, str]], ...] = ())
 
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
     """One alert per (client, internet peer) or (client, server zone) of unapproved flows with an OT end."""
-    columns = {row[0] for row in con.execute("SELECT column_name FROM (DESCRIBE flow_policy)").fetchall()}
+    columns = set(catalog.columns(con, "flow_policy"))
     present = [name for name in _FLOW_COLUMNS if name in columns]
     joined = _JOINED.format(exclude=f" EXCLUDE ({', '.join(present)})" if present else "")
     if set(_FLOW_COLUMNS) <= columns:  # the evidence records afterwards, by row id: the groups need fewer columns
