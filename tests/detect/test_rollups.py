@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from quaywatch.cli.main import main
-from quaywatch.detect import baseline, ics_commands, rollups
+from quaywatch.detect import baseline, catalog, ics_commands, rollups
 from quaywatch.detect.context import DetectionContext
 from quaywatch.detect.registry import run_detections
 from quaywatch.policy.load import load_policy
@@ -86,7 +86,7 @@ def test_analysis_summarises_every_capture_once(site: Path) -> None:
             (capture, rollups.ROLLUP_VERSION) for capture in captures
         )
         raw_commands = con.execute(
-            " UNION ALL ".join(ics_commands.command_sources(rollups.tables(con))).join(["SELECT count(*) FROM (", ")"])
+            " UNION ALL ".join(ics_commands.command_sources(catalog.tables(con))).join(["SELECT count(*) FROM (", ")"])
         ).fetchone()
         summarised = con.execute(f"SELECT count(*) FROM {rollups.COMMAND_EVENTS}").fetchone()
         assert raw_commands == summarised and summarised is not None and summarised[0] > 0
@@ -145,7 +145,7 @@ def test_a_capture_read_raw_keeps_its_rows_without_a_timestamp(site: Path, tmp_p
     shutil.copy(site / "db.duckdb", database)
     con = duckdb.connect(str(database))
     try:
-        present = rollups.tables(con)
+        present = catalog.tables(con)
         rolled = rollups.rolled_captures_sql(present, until)
         assert rolled is not None
         (spanning,) = con.execute(f"SELECT capture_id FROM captures WHERE capture_id NOT IN ({rolled})").fetchall()

@@ -132,3 +132,14 @@ def test_sessions_follow_the_work_hours() -> None:
     day, night, sunday = sessions(0), sessions(16), sessions(5 * 24)
     assert day > 10 * max(night, 1) and day > 10 * max(sunday, 1)
     assert night > 0
+
+
+def test_each_laptop_keeps_its_browser_and_the_office_has_several(
+    browsing: tuple[Path, Store, TerminalModel, dict[str, int]],
+) -> None:
+    """data/sim/tls_clients.yaml: one ClientHello shape per laptop for the whole run, not one for the whole office."""
+    _, store, _, _ = browsing
+    per_laptop = rows(store, "SELECT client_ip, list(DISTINCT ja4) AS ja4s FROM tls WHERE ja4 IS NOT NULL GROUP BY 1")
+    assert len(per_laptop) > 3
+    assert all(len(row["ja4s"]) == 1 for row in per_laptop), per_laptop
+    assert len({row["ja4s"][0] for row in per_laptop}) >= 2

@@ -35,8 +35,8 @@ from quaywatch.flows.community_id import community_id
 from quaywatch.flows.reassembly import StreamData, StreamGap, StreamReassembler
 from quaywatch.flows.records import TRANSPORT_NAMES, address_bytes, address_strings, mac_strings
 from quaywatch.ingest import layers
-from quaywatch.ingest.background import give_way
 from quaywatch.store.database import event_schema
+from quaywatch.threads import give_way
 
 log = logging.getLogger(__name__)
 

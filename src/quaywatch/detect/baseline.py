@@ -346,7 +346,7 @@ def _summaries(
 ) -> None:
     """Temporary table ``name``: the summary rows of ``summary`` for the captures that have one, and ``raw``
     summarised the same way for the others (each row's learned flag says on which side of ``until`` it lies)."""
-    present = rollups.tables(con)
+    present = catalog.tables(con)
     rolled = rollups.rolled_captures_sql(present, until) if summary in present else None
     parts = []
     if rolled is not None:
@@ -415,7 +415,7 @@ _FUNCTION_KEYS = "protocol, client_ip, server_ip, server_port, transport, code"
 
 def _function_codes(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
     """``d8_functions``: function-code summaries per capture (or per raw rows), see :func:`_summaries`."""
-    raw = function_code_sources(con, rollups.tables(con))
+    raw = function_code_sources(con, catalog.tables(con))
     _summaries(con, "d8_functions", rollups.FUNCTION_SUMMARY, raw, _FUNCTION_KEYS, until, named=True)
 
 
@@ -592,7 +592,7 @@ _RANGE_COLUMNS = "client_ip, server_ip, unit_id, address_space, range_start, ran
 
 def _register_requests(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
     """``d8_registers``: Modbus address-interval summaries per capture (or per raw rows), see :func:`_summaries`."""
-    raw = register_sources(con, rollups.tables(con))
+    raw = register_sources(con, catalog.tables(con))
     _summaries(con, "d8_registers", rollups.RANGE_SUMMARY, [raw] if raw else [], _RANGE_COLUMNS, until)
 
 

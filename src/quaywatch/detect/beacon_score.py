@@ -233,14 +233,17 @@ def role_prior(context: PairContext) -> tuple[float, str]:
     return float(multipliers["external"]), "the server is outside the site (external or unknown address)"
 
 
-@njit(types.float64(types.float64[:], types.float64, types.float64, types.int64), cache=True, nogil=True)
-def _hyperexponential_kernel(gaps: FloatArray, first_rate: float, second_rate: float, iterations: int) -> float:
+@njit(types.float64(types.float64[:], types.float64, types.float64, types.int64, types.boolean), cache=True, nogil=True)
+def _hyperexponential_kernel(
+    gaps: FloatArray, first_rate: float, second_rate: float, iterations: int, stop_at_fixed_point: bool = True
+) -> float:
     """EM for two exponential rates; never worse than the plain Poisson fit it starts beside.
 
     Per gap one exponential of the two components is exp(0) = 1 (the larger one), so only three transcendental
     functions are evaluated per gap and iteration, without a branch; the per-iteration logarithms are taken once.
     The same values as the textbook log-sum-exp, bit for bit. It stops at an exact fixed point of the parameters,
-    where the remaining steps could change nothing.
+    where the remaining steps could change nothing (``stop_at_fixed_point`` False runs every step: the tests
+    compare both).
     """
     size = gaps.size
     mean = gaps.mean()
@@ -271,7 +274,12 @@ def _hyperexponential_kernel(gaps: FloatArray, first_rate: float, second_rate: f
         new_rate_one = (mass_one + 1e-12) / (weighted_one + 1e-12)
         new_weight_two = min(max((mass_two + 1e-12) / size, 1e-6), 1.0)
         new_rate_two = (mass_two + 1e-12) / (weighted_two + 1e-12)
-        if (new_weight_one, new_rate_one, new_weight_two, new_rate_two) == (weight_one, rate_one, weight_two, rate_two):
+        if stop_at_fixed_point and (new_weight_one, new_rate_one, new_weight_two, new_rate_two) == (
+            weight_one,
+            rate_one,
+            weight_two,
+            rate_two,
+        ):
             break  # a fixed point, bit for bit: every further step would give this total again (most series: step 2)
         weight_one, rate_one, weight_two, rate_two = new_weight_one, new_rate_one, new_weight_two, new_rate_two
     return max(poisson, total)
@@ -281,7 +289,7 @@ def _hyperexponential_loglik(gaps: FloatArray) -> float:
     """Best log-likelihood of a two-rate exponential mixture: Poisson traffic, or sessions of bursts and pauses."""
     first = 1 / max(float(np.quantile(gaps, 0.25)), 1e-6)
     second = 1 / max(float(np.quantile(gaps, 0.9)), 1e-6)
-    return float(_hyperexponential_kernel(gaps, first, second, EM_ITERATIONS))
+    return float(_hyperexponential_kernel(gaps, first, second, EM_ITERATIONS, True))
 
 
 def _autocorrelation_periods(timestamps: FloatArray, median_gap: float) -> list[float]:
@@ -720,7 +728,7 @@ def _fits(
                 best[:] = fit
                 have_best = True
         results[series, :4] = (best if have_best else fallback)[:4]
-        results[series, 4] = _hyperexponential_kernel(values, rates[series, 0], rates[series, 1], EM_ITERATIONS)
+        results[series, 4] = _hyperexponential_kernel(values, rates[series, 0], rates[series, 1], EM_ITERATIONS, True)
     return results
 
 

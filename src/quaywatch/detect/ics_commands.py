@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from quaywatch.detect import baseline, rollups
+from quaywatch.detect import baseline, catalog, rollups
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 from quaywatch.policy.load import DNP3_OPERATIONS, ENIP_OPERATIONS, MODBUS_OPERATIONS, S7_OPERATIONS
 from quaywatch.policy.model import HostMatch, Policy, Setpoint
@@ -235,7 +235,7 @@ def commands(con: duckdb.DuckDBPyConnection) -> list[Command]:
     Captures summarised at analysis are read from ``ics_command_events`` (a few rows), the others from the decoder
     tables (every poll of every PLC); when every capture has its summary the decoder tables are not read at all.
     """
-    present = rollups.tables(con)
+    present = catalog.tables(con)
     selects = command_sources(present)
     rolled = rollups.rolled_captures_sql(present)
     if rolled is not None and rollups.COMMAND_EVENTS in present:
@@ -412,7 +412,7 @@ class _PolicyJudge:
 
 def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
     """One alert per (client, server, protocol, action) of commands neither the policy nor the baseline allows."""
-    present = rollups.tables(con)  # duckdb_tables() lists the engine's temporary context tables too
+    present = catalog.tables(con)  # duckdb_tables() lists the engine's temporary context tables too
     found = commands(con)
     if not found:
         return []

@@ -150,11 +150,6 @@ SUMMARY_AGGREGATES = (
 )
 
 
-def tables(con: duckdb.DuckDBPyConnection) -> set[str]:
-    """Every table of the connection, main and temporary (the engine's context tables are temporary)."""
-    return catalog.tables(con)
-
-
 def build_rollups(store: Store, capture_id: str, written: set[str] | None = None) -> None:
     """Summarise one capture's rows (after they are flushed); replaces an earlier summary of it.
 
@@ -169,7 +164,7 @@ def build_rollups(store: Store, capture_id: str, written: set[str] | None = None
     for name, schema in SCHEMAS.items():
         if name not in store.schemas:
             store.ensure_table(name, schema)
-    present = tables(con)
+    present = catalog.tables(con)
     if written is None:
         for name in SCHEMAS:
             con.execute(f'DELETE FROM "{name}" WHERE capture_id = ?', [capture_id])

@@ -26,8 +26,8 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from quaywatch.ingest import records
-from quaywatch.ingest.background import give_way
 from quaywatch.ingest.linktypes import SUPPORTED_LINK_TYPES, link_type_name
+from quaywatch.threads import give_way
 
 PCAP_MAGICS: dict[bytes, tuple[bool, bool]] = {
     # magic bytes as stored -> (big endian, nanosecond timestamps)

@@ -22,7 +22,7 @@ import duckdb
 import pyarrow as pa
 
 from quaywatch.decode.base import ANOMALY_SCHEMA, ANOMALY_TABLE
-from quaywatch.ingest.background import give_way
+from quaywatch.threads import give_way
 
 DEFAULT_DATABASE = Path("quaywatch.duckdb")
 

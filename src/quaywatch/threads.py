@@ -1,6 +1,6 @@
-"""Helper threads of a two-worker analysis give way to the thread that decodes.
+"""Helper threads of a two-worker analysis (store writer, sha256, content scans) give way to the thread that decodes.
 
-The decoding thread (Python, holding the GIL) is the critical path; the helpers (reading ahead, hashing, content
+The decoding thread (Python, holding the GIL) is the critical path; the helpers (hashing, content
 scans, DuckDB inserts) release the GIL and together need less than one core, but in bursts. At the default
 priority the scheduler shares the two cores equally among all runnable threads, so a burst of three helpers
 slows the decoding thread; a lower priority (a higher nice value, Linux sets it per thread) keeps it on its core
