@@ -381,7 +381,8 @@ def detection_throughput(context: Context) -> list[Measurement]:
     The store is five simulated minutes of the default terminal with every scenario on, analysed with its policy
     and inventory, then repeated in time (bench/detection_store.py explains why that is honest). The timed child
     runs the detections alone (no interpreter start-up in the flows/s figure; the wall time with start-up is
-    reported beside it), on one core with one DuckDB thread.
+    reported beside it), on one core with one worker and one DuckDB thread, then on two with two of each; each
+    REPEATS times from a fresh copy of the store, the best counting (all runs are in the note and the results).
     """
     work = Path(tempfile.mkdtemp())
     seed = work / "seed"
@@ -401,22 +402,27 @@ def detection_throughput(context: Context) -> list[Measurement]:
     measurements = []
     results = {}
     for cores in (1, 2):  # one core as every other row; both cores of this machine, as a site would run it
-        copy = work / f"detection-{cores}.duckdb"
-        shutil.copy(database, copy)  # each run writes its alerts: each starts from the same store
-        wall, peak, output = run_measured(
-            ["taskset", "-c", ",".join(map(str, range(cores))), PYTHON, "-c", DETECTION_RUN, str(copy),
-             str(seed / "policy.yaml"), str(cores)],
-            stdout=None,
-        )  # fmt: skip
-        copy.unlink()
-        result = json.loads(output)
+        runs = []
+        for _ in range(REPEATS):  # the best run counts, as for every other row (module docstring)
+            copy = work / f"detection-{cores}.duckdb"
+            shutil.copy(database, copy)  # each run writes its alerts: each starts from the same store
+            wall, peak, output = run_measured(
+                ["taskset", "-c", ",".join(map(str, range(cores))), PYTHON, "-c", DETECTION_RUN, str(copy),
+                 str(seed / "policy.yaml"), str(cores)],
+                stdout=None,
+            )  # fmt: skip
+            copy.unlink()
+            runs.append((wall, peak, json.loads(output)))
+        wall, peak, result = min(runs, key=lambda run: float(run[2]["seconds"]))
+        all_seconds = sorted(float(run[2]["seconds"]) for run in runs)
         seconds = float(result["seconds"])
         per_detection = result["summary"]["seconds"]
         label = "one core, 1 worker, 1 DuckDB thread" if cores == 1 else "two cores, 2 workers, 2 DuckDB threads"
         measurement = Measurement(f"detection throughput (1M-flow store, {label})", flows, seconds, peak)
+        every = ", ".join(f"{value:.2f}" for value in all_seconds)
         measurement.note = (  # CPU seconds too: a busy machine stretches the wall time more than the work
-            f"packets column holds flows; {wall:.1f} s with start-up; {float(result['cpu_seconds']):.2f} s CPU; "
-            f"{result['summary']['total']} alerts"
+            f"packets column holds flows; best of {len(runs)} ({every} s); "
+            f"{wall:.1f} s with start-up; {float(result['cpu_seconds']):.2f} s CPU; {result['summary']['total']} alerts"
         )
         measurements.append(measurement)
         for name, value in sorted(per_detection.items(), key=lambda item: -item[1]):
@@ -424,6 +430,7 @@ def detection_throughput(context: Context) -> list[Measurement]:
                 measurements.append(Measurement(f"  {name}", flows, max(float(value), 1e-9), note="flows/s alone"))
         results[f"cores_{cores}"] = {
             "seconds": seconds,
+            "seconds_of_every_run": all_seconds,
             "cpu_seconds": float(result["cpu_seconds"]),
             "wall_seconds_with_startup": wall,
             "flows_per_second": flows / seconds,

@@ -21,11 +21,11 @@ from importlib import resources
 from typing import Any
 
 import pyarrow as pa
-import yaml
 
 from quaywatch.assets import oui
 from quaywatch.assets.provenance import KnowledgeBase, load_knowledge_base
 from quaywatch.store.database import Store
+from quaywatch.yaml_files import load_yaml
 
 ASSETS_TABLE = "assets"
 ATTRIBUTES_TABLE = "asset_attributes"
@@ -304,7 +304,7 @@ class InventorySummary:
 def role_rules() -> tuple[RoleRule, ...]:
     """The shipped role rules, validated."""
     text = resources.files("quaywatch.data").joinpath("asset_roles.yaml").read_text(encoding="utf-8")
-    return parse_role_rules(yaml.safe_load(text))
+    return parse_role_rules(load_yaml(text))
 
 
 def parse_role_rules(document: Any) -> tuple[RoleRule, ...]:

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from quaywatch.assets.provenance import OVERRIDE_FILE, KnowledgeBase, ProvenanceError, normalise
+from quaywatch.yaml_files import load_yaml
 
 CSL_URL = "https://data.trade.gov/downloadable_consolidated_screening_list/v1/consolidated.json"
 CSV_COLUMNS = ("name", "list", "country", "source", "date")
@@ -184,7 +185,7 @@ def read_import(path: Path, kb: KnowledgeBase, today: str | None = None) -> list
 def _load_override(path: Path) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    data = load_yaml(path.read_text(encoding="utf-8")) or {}
     return {str(item["id"]): item for item in data.get("lists", [])}
 
 

@@ -15,12 +15,12 @@ from importlib import resources
 from typing import Any
 
 import pyarrow as pa
-import yaml
 
 from quaywatch.assets.declared import CELLULAR_MAKER_ROLES, CELLULAR_ROLE, FINDINGS_TABLE
 from quaywatch.assets.inventory import ASSETS_TABLE
 from quaywatch.assets.provenance import KnowledgeBase, load_knowledge_base
 from quaywatch.store.database import Store
+from quaywatch.yaml_files import load_yaml
 
 RISK_TABLE = "asset_risk"
 LEVELS = ("low", "medium", "high", "critical")
@@ -65,7 +65,7 @@ class RiskSummary:
 def risk_weights() -> dict[str, Any]:
     """The shipped weights, checked: a typo in the file must fail loudly, not weigh zero."""
     text = resources.files("quaywatch.data").joinpath("risk_weights.yaml").read_text(encoding="utf-8")
-    weights: dict[str, Any] = yaml.safe_load(text)
+    weights: dict[str, Any] = load_yaml(text)
     expected = {"version", "levels", "listed", "country", "role", "exposure", "cellular", "violations", "undeclared"}
     if set(weights) != expected:
         raise ValueError(f"risk_weights.yaml: sections {sorted(set(weights) ^ expected)} missing or unknown")

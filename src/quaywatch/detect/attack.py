@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from quaywatch.assets.provenance_update import user_data_dir
+from quaywatch.yaml_files import load_yaml
 
 DATA_FILE = "attack_ics.yaml"
 SOURCE_URL = "https://github.com/mitre-attack/attack-stix-data/blob/master/ics-attack/ics-attack.json"
@@ -56,7 +57,7 @@ def installed_path(data_dir: Path | None = None) -> Path | None:
 
 def parse(text: str) -> AttackData:
     """Read the YAML form (packaged or rebuilt)."""
-    document = yaml.safe_load(text) or {}
+    document = load_yaml(text) or {}
     techniques: dict[str, Technique] = {}
     for domain, section in (("ics", "techniques"), ("enterprise", "enterprise")):
         for technique_id, entry in (document.get(section) or {}).items():

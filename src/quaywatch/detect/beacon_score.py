@@ -25,10 +25,10 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import yaml
 from numba import njit, types
 
 from quaywatch.detect.alert import ScoreComponent
+from quaywatch.yaml_files import load_yaml
 
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -204,7 +204,7 @@ class PairContext:
 def role_priors() -> dict[str, Any]:
     """The versioned multipliers and OT roles of src/quaywatch/data/beacon_priors.yaml."""
     text = resources.files("quaywatch.data").joinpath("beacon_priors.yaml").read_text(encoding="utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
+    data: dict[str, Any] = load_yaml(text)
     return data
 
 

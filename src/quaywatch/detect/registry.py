@@ -35,7 +35,6 @@ from types import ModuleType
 from typing import Any
 
 import duckdb
-import yaml
 
 from quaywatch.assets.declared import CELLULAR_MAKER_ROLES, CELLULAR_ROLE
 from quaywatch.detect import (
@@ -55,6 +54,7 @@ from quaywatch.detect.alert_store import ALERTS_SCHEMA, write_alerts
 from quaywatch.detect.context import DetectionContext
 from quaywatch.detect.rules import Rule, RuleError, evaluate, load_rules, relations
 from quaywatch.store.database import Store
+from quaywatch.yaml_files import load_yaml
 
 # Statistical modules, run after the rules. To add one: `from quaywatch.detect import beaconing` above, and
 # `beaconing,` here.
@@ -100,9 +100,16 @@ class DetectionSummary:
         }
 
 
-def _ot_roles() -> list[str]:
+@functools.cache
+def _ot_roles() -> tuple[str, ...]:
     text = resources.files("quaywatch.data").joinpath("ot_roles.yaml").read_text(encoding="utf-8")
-    return [str(role) for role in yaml.safe_load(text)["roles"]]
+    return tuple(str(role) for role in load_yaml(text)["roles"])
+
+
+def context_relations(present: set[str] | frozenset[str]) -> set[str]:
+    """The context relations :func:`build_context_views` makes over a store whose relations are ``present``: so
+    that the engine knows which rules can run before the workers have built theirs."""
+    return {HOST_CONTEXT} | ({ASSET_FINDINGS} if {"assets", "inventory_findings"} <= present else set())
 
 
 def build_context_views(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -117,6 +124,7 @@ def build_context_views(con: duckdb.DuckDBPyConnection) -> list[str]:
     present = relations(con)
     assets = "assets" in present
     zones = "host_zones" in present
+    findings = ASSET_FINDINGS in context_relations(present)
     asset_side = (
         "SELECT DISTINCT unnest(ips) AS ip, asset_id, role, maker, maker_country, listed, maker_roles FROM assets"
         if assets
@@ -139,10 +147,10 @@ def build_context_views(con: duckdb.DuckDBPyConnection) -> list[str]:
                z.source AS zone_source
         FROM a FULL OUTER JOIN z ON a.ip = z.ip
         """,
-        [_ot_roles()],
+        [list(_ot_roles())],
     )
     made = [HOST_CONTEXT]
-    if assets and "inventory_findings" in present:
+    if findings:
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE {ASSET_FINDINGS} AS
@@ -224,18 +232,22 @@ def _combine(module: ModuleType, context: DetectionContext, parts: list[_Outcome
 
 def _in_workers(
     con: duckdb.DuckDBPyConnection, tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]], workers: int
-) -> list[_Outcome]:
+) -> tuple[list[_Outcome], float]:
     """Run the tasks on ``workers`` threads, each with a cursor of its own (DuckDB runs queries without the GIL,
-    so one detection's SQL overlaps another's Python); outcomes in task order, whatever order they finish in."""
+    so one detection's SQL overlaps another's Python); outcomes in task order, whatever order they finish in, and
+    the longest of the workers' context builds."""
     outcomes: list[_Outcome | None] = [None] * len(tasks)
     pending: queue.SimpleQueue[int] = queue.SimpleQueue()
     for index in range(len(tasks)):
         pending.put(index)
+    context_seconds: list[float] = []
 
     def work() -> None:
         cursor = con.cursor()  # a connection of its own: the context tables are temporary, so build them there
         try:
+            started = time.perf_counter()
             build_context_views(cursor)
+            context_seconds.append(time.perf_counter() - started)
             with catalog.registered(cursor):  # what its tasks ask the catalogue, read once
                 while True:
                     try:
@@ -253,9 +265,10 @@ def _in_workers(
         thread.join()
     missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
     if missing:  # a worker died before it could build its context: run what it left on this connection
+        build_context_views(con)
         for index in missing:
             outcomes[index] = tasks[index](con)
-    return [outcome for outcome in outcomes if outcome is not None]
+    return [outcome for outcome in outcomes if outcome is not None], max(context_seconds, default=0.0)
 
 
 def _scheduled(
@@ -265,9 +278,9 @@ def _scheduled(
     modules: list[ModuleType],
     context: DetectionContext,
     workers: int,
-) -> list[_Outcome]:
+) -> tuple[list[_Outcome], float]:
     """The outcomes of ``tasks`` (the rules', then one per module of ``modules``) run on ``workers`` threads, in
-    task order.
+    task order, and the longest of the workers' context builds.
 
     A module with ``PARTS`` runs as one task per part, combined afterwards. The longest start first (``COST``, see
     the module docstring), so that no long detection starts last: modules and parts by cost, then the rules (one
@@ -284,7 +297,7 @@ def _scheduled(
     order = sorted(range(len(runs)), key=lambda position: -costs[position])  # stable: equal costs keep their order
     runs += [(index, tasks[index]) for index in range(rule_tasks)]
     order += range(len(order), len(runs))
-    finished = _in_workers(con, [runs[position][1] for position in order], workers)
+    finished, context_seconds = _in_workers(con, [runs[position][1] for position in order], workers)
     outcome_of = {position: finished[place] for place, position in enumerate(order)}
     per_task: dict[int, list[_Outcome]] = {}
     for position, (index, _) in enumerate(runs):  # a module's parts in PARTS order
@@ -293,7 +306,7 @@ def _scheduled(
     for index, module in enumerate(modules, start=rule_tasks):
         parted = bool(getattr(module, "PARTS", {}))
         outcomes.append(_combine(module, context, per_task[index]) if parted else per_task[index][0])
-    return outcomes
+    return outcomes, context_seconds
 
 
 def run_detections(
@@ -313,13 +326,17 @@ def run_detections(
     context = context or DetectionContext()
     con = _connection(target)
     summary = DetectionSummary(detected_at=context.now)
+    parallel = workers > 1
     started = time.perf_counter()
-    build_context_views(con)
+    if not parallel:  # with workers, each builds its own on its cursor (temporary tables): none is needed here
+        build_context_views(con)
     summary.seconds["context"] = time.perf_counter() - started
     # What the rules and modules ask the catalogue, read once; with workers each reads its cursor's (and this
     # connection only asks which tables there are).
-    with catalog.registered(con) if workers <= 1 else contextlib.nullcontext():
+    with catalog.registered(con) if not parallel else contextlib.nullcontext():
         present = relations(con)
+        if parallel:
+            present |= context_relations(present)
         chosen = rules if rules is not None else load_rules(rules_folder)
         names: list[str] = []
         tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]] = []
@@ -343,9 +360,13 @@ def run_detections(
             chosen_modules.append(module)
             tasks.append(functools.partial(_run_module, module=module, context=context))
         runs = rule_tasks + sum(len(getattr(module, "PARTS", {})) or 1 for module in chosen_modules)
-        if workers > 1 and runs > 1:
-            outcomes = _scheduled(con, tasks, rule_tasks, chosen_modules, context, workers)
+        if parallel and runs > 1:
+            outcomes, summary.seconds["context"] = _scheduled(con, tasks, rule_tasks, chosen_modules, context, workers)
         else:
+            if parallel:  # one task: it runs here, on a connection without the context yet
+                started = time.perf_counter()
+                build_context_views(con)
+                summary.seconds["context"] = time.perf_counter() - started
             outcomes = [task(con) for task in tasks]
     ran: list[str] = []
     alerts: list[Alert] = []

@@ -28,6 +28,7 @@ from quaywatch.detect import attack, catalog
 from quaywatch.detect.alert import SEVERITIES, Alert, EventReference, Evidence, ScoreComponent
 from quaywatch.policy.load import _Checker
 from quaywatch.policy.model import Problem
+from quaywatch.yaml_files import SAFE_LOADER
 
 RULE_KEYS = (
     "id",
@@ -280,7 +281,7 @@ def _placeholders(check: _Checker, node: yaml.Node | None, path: str, allowed: s
 
 #: libyaml's safe loader when PyYAML has it (the same documents and marks, several times faster: every
 #: ``quaywatch detect`` reads every rule file), else the pure-Python one.
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_LOADER = SAFE_LOADER
 
 
 def load_rule_text(text: str, file: str = "rule.yaml") -> tuple[Rule | None, list[Problem]]:

@@ -25,9 +25,9 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
-import yaml
 
 from quaywatch.policy.model import Problem
+from quaywatch.yaml_files import load_yaml
 
 INDICATORS_TABLE = "indicators"
 CSV_COLUMNS = ("type", "value", "description", "source", "confidence", "valid_until")
@@ -68,7 +68,7 @@ INDICATORS_SCHEMA = pa.schema(
 def reference() -> dict[str, Any]:
     """data/threat_intel.yaml: types, STIX paths, confidence scale, severity steps and techniques."""
     text = resources.files("quaywatch.data").joinpath("threat_intel.yaml").read_text(encoding="utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
+    data: dict[str, Any] = load_yaml(text)
     return data
 
 

@@ -15,7 +15,6 @@ from importlib import resources
 from typing import Any
 
 import duckdb
-import yaml
 
 from quaywatch import __version__
 from quaywatch.assets.netmap import UNZONED, build_map, render_svg
@@ -23,6 +22,7 @@ from quaywatch.detect import attack
 from quaywatch.detect.alert import SEVERITIES
 from quaywatch.detect.suppression import first_match, stored_suppressions
 from quaywatch.policy.model import EXTERNAL_ZONE, Policy
+from quaywatch.yaml_files import load_yaml
 
 #: Incident-report reference data: channels, timing, the 13 fields, detection -> criteria (cited in the file).
 REFERENCE_FILE = "incident_report.yaml"
@@ -110,7 +110,7 @@ class ReportData:
 def reference_data() -> dict[str, Any]:
     """The shipped incident-report reference data."""
     text = resources.files("quaywatch.data").joinpath(REFERENCE_FILE).read_text(encoding="utf-8")
-    loaded: dict[str, Any] = yaml.safe_load(text)
+    loaded: dict[str, Any] = load_yaml(text)
     return loaded
 
 
