@@ -76,3 +76,30 @@ def test_maker_alone_is_left_to_d12_and_a_path_sign_makes_it_an_alert() -> None:
     device.add("carrier_dns", 1.0, "queries a carrier (3GPP) name")
     alert = cellular._alert(device, now)
     assert alert is not None and alert.severity == "high" and alert.score == 0.65
+
+
+def test_dns_names_are_matched_once_each_and_only_matching_queries_are_grouped() -> None:
+    """The query names are judged per distinct spelling: a mixed-case, dot-terminated carrier name still matches,
+    and its queries are grouped per client and lower-cased name as every query was before."""
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(
+        """CREATE TABLE dns AS SELECT * FROM (VALUES
+               ('10.0.0.5', 'query', 'Ims.MNC001.MCC001.3GPPNETWORK.org.', TIMESTAMPTZ '2026-01-01 00:00:02+00', 7),
+               ('10.0.0.5', 'query', 'ims.mnc001.mcc001.3gppnetwork.org.', TIMESTAMPTZ '2026-01-01 00:00:01+00', 3),
+               ('10.0.0.6', 'query', 'example.com', TIMESTAMPTZ '2026-01-01 00:00:01+00', 4),
+               ('10.0.0.6', 'response', 'x.gprs', TIMESTAMPTZ '2026-01-01 00:00:01+00', 5))
+           AS t(client_ip, event_type, query_name, ts, packet_number)"""
+    )
+    con.execute("ALTER TABLE dns ADD COLUMN capture_id VARCHAR DEFAULT 'c'")
+    con.execute("ALTER TABLE dns ADD COLUMN flow_id VARCHAR DEFAULT 'f'")
+    con.execute("ALTER TABLE dns ADD COLUMN community_id VARCHAR DEFAULT '1:x'")
+    devices = cellular.Devices(con, set())
+    cellular._dns(con, devices)
+    assert set(devices.devices) == {"ip:10.0.0.5"}
+    device = devices.devices["ip:10.0.0.5"]
+    assert set(device.signals) == {"carrier_dns"}
+    assert device.values["queried_names"] == {"ims.mnc001.mcc001.3gppnetwork.org."}
+    assert device.signal_times == [dt.datetime(2026, 1, 1, 0, 0, 1, tzinfo=dt.UTC)]
+    assert [event.packet_number for event in device.events] == [3]

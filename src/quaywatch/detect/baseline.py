@@ -200,9 +200,11 @@ def _observations(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
     flows = _table_columns(con, "flows")
     has_flows = {"client_ip", "server_ip", "ts", "application"} <= flows
     has_arp = {"sender_ip", "sender_mac", "ts"} <= _table_columns(con, "arp")
-    sources = (["SELECT client_ip AS ip FROM flows", "SELECT server_ip FROM flows"] if has_flows else []) + (
-        ["SELECT sender_ip FROM arp"] if has_arp else []
-    )
+    _groups(con, until, has_flows, has_arp)
+    # The addresses from the groupings (a few thousand rows), not from the million flows and the ARP rows again.
+    sources = (
+        ["SELECT client_ip AS ip FROM d8_flow_groups", "SELECT server_ip FROM d8_flow_groups"] if has_flows else []
+    ) + (["SELECT sender_ip FROM d8_arp_groups"] if has_arp else [])
     addresses = (
         [
             str(row[0])
@@ -250,19 +252,14 @@ def _observations(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
     )
     body = " UNION ALL ".join([empty, *parts])
     con.execute(f"CREATE OR REPLACE TEMP VIEW d8_observations AS SELECT * FROM ({body}) AS o({columns})")
-    _sightings(con, until, has_flows, has_arp)
+    _sightings(con, has_flows, has_arp)
 
 
-def _sightings(con: duckdb.DuckDBPyConnection, until: dt.datetime, has_flows: bool, has_arp: bool) -> None:
-    """``d8_sightings``: the device, pair and protocol observations of ``d8_observations`` counted per item and side
-    of ``until`` (count, first and last time), from one grouping of ``flows`` by both ends, port, transport and
-    application: a site's million flows are a few thousand such combinations, so the kinds are counted from those
-    rather than each from every flow again."""
-    columns = "kind, ip, mac, client_ip, server_ip, server_port, transport, protocol, learned, count, first_ts, last_ts"
-    parts = [
-        "SELECT NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::INTEGER, "
-        "NULL::VARCHAR, NULL::VARCHAR, NULL::BOOLEAN, NULL::BIGINT, NULL::TIMESTAMPTZ, NULL::TIMESTAMPTZ WHERE false"
-    ]
+def _groups(con: duckdb.DuckDBPyConnection, until: dt.datetime, has_flows: bool, has_arp: bool) -> None:
+    """``d8_flow_groups`` and ``d8_arp_groups``: one grouping each of ``flows`` (by both ends, port, transport and
+    application) and of ``arp`` (by sender), per side of ``until``, with count, first and last time. A site's
+    million flows and hundreds of thousands of ARP packets are a few thousand such combinations: the devices, pairs
+    and protocols are counted from those (:func:`_sightings`), and so are the addresses judged local."""
     if has_flows:
         con.execute(
             """CREATE OR REPLACE TEMP TABLE d8_flow_groups AS
@@ -271,6 +268,27 @@ def _sightings(con: duckdb.DuckDBPyConnection, until: dt.datetime, has_flows: bo
                FROM flows GROUP BY ALL""",
             {"until": until},
         )
+    if has_arp:
+        con.execute(
+            """CREATE OR REPLACE TEMP TABLE d8_arp_groups AS
+               SELECT sender_ip, sender_mac, ts < $until AS learned, count(*) AS count, min(ts) AS first_ts,
+                      max(ts) AS last_ts
+               FROM arp GROUP BY ALL""",
+            {"until": until},
+        )
+
+
+def _sightings(con: duckdb.DuckDBPyConnection, has_flows: bool, has_arp: bool) -> None:
+    """``d8_sightings``: the device, pair and protocol observations of ``d8_observations`` counted per item and side
+    of the learning end (count, first and last time), from the groupings of :func:`_groups` rather than each kind
+    from every flow again (an ARP group's sender MAC is never NULL here: the unicast test drops NULL, as the
+    observations' does)."""
+    columns = "kind, ip, mac, client_ip, server_ip, server_port, transport, protocol, learned, count, first_ts, last_ts"
+    parts = [
+        "SELECT NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::VARCHAR, NULL::INTEGER, "
+        "NULL::VARCHAR, NULL::VARCHAR, NULL::BOOLEAN, NULL::BIGINT, NULL::TIMESTAMPTZ, NULL::TIMESTAMPTZ WHERE false"
+    ]
+    if has_flows:
         for side in ("client", "server"):
             parts.append(
                 f"""SELECT 'device', {side}_ip, coalesce({side}_mac, ''), NULL, NULL, NULL, NULL, NULL,
@@ -288,14 +306,13 @@ def _sightings(con: duckdb.DuckDBPyConnection, until: dt.datetime, has_flows: bo
         )
     if has_arp:
         parts.append(
-            f"""SELECT 'device', sender_ip, coalesce(sender_mac, ''), NULL, NULL, NULL, NULL, NULL,
-                       ts < $until, count(*), min(ts), max(ts)
-                FROM arp WHERE sender_ip IN (SELECT ip FROM d8_local) AND {_UNICAST_MAC.format(mac="sender_mac")}
-                GROUP BY ALL"""
+            f"""SELECT 'device', sender_ip, sender_mac, NULL, NULL, NULL, NULL, NULL, learned, count, first_ts,
+                       last_ts
+                FROM d8_arp_groups
+                WHERE sender_ip IN (SELECT ip FROM d8_local) AND {_UNICAST_MAC.format(mac="sender_mac")}"""
         )
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE d8_sightings AS SELECT * FROM ({' UNION ALL '.join(parts)}) AS s({columns})",
-        {"until": until},
+        f"CREATE OR REPLACE TEMP TABLE d8_sightings AS SELECT * FROM ({' UNION ALL '.join(parts)}) AS s({columns})"
     )
 
 
@@ -323,13 +340,15 @@ def function_code_sources(con: duckdb.DuckDBPyConnection, present: set[str]) -> 
 #: Summary rows (detect/rollups.py) of captures that have them, raw rows summarised the same way for the others;
 #: ``learned`` tells a summary of rows before the learning period's end from one of rows after it.
 #: Summary rows keep their evidence in the summary table (read by row id for new items only, _merge_evidence).
+#: The summary rows of one key and side of the learning end are added up here, over every capture: the answer has
+#: a row per key, not one per key and capture, for the groupings that follow.
 _SUMMARY_ROWS = """
-SELECT {keys}, {extra} count, first_ts, last_ts, NULL AS evidence, rowid AS summary_row,
-       last_ts < $until AS learned
-FROM {summary} WHERE capture_id IN ({rolled})
+SELECT {keys}, {extra} CAST(sum(count) AS BIGINT) AS count, min(first_ts) AS first_ts, max(last_ts) AS last_ts,
+       NULL AS evidence, list(rowid) AS summary_rows, last_ts < $until AS learned
+FROM {summary} WHERE capture_id IN ({rolled}) GROUP BY {keys}, learned
 """
 _RAW_ROWS = """
-SELECT {keys}, {extra} {aggregates}, NULL::BIGINT AS summary_row, learned FROM (
+SELECT {keys}, {extra} {aggregates}, NULL::BIGINT[] AS summary_rows, learned FROM (
     SELECT *, ts < $until AS learned FROM ({raw}) WHERE {raw_filter}
 ) GROUP BY {keys}, learned
 """
@@ -349,19 +368,19 @@ def _summaries(
     present = catalog.tables(con)
     rolled = rollups.rolled_captures_sql(present, until) if summary in present else None
     parts = []
+    extra = "any_value(code_name) AS code_name, " if named else ""
     if rolled is not None:
-        parts.append(_SUMMARY_ROWS.format(keys=keys, extra="code_name, " if named else "", summary=summary,
-                                          rolled=rolled))  # fmt: skip
+        parts.append(_SUMMARY_ROWS.format(keys=keys, extra=extra, summary=summary, rolled=rolled))
     filter_ = _raw_filter(con, present, rolled, until)
     if raw and filter_ is not None:
-        parts.append(_RAW_ROWS.format(keys=keys, extra="any_value(code_name) AS code_name, " if named else "",
+        parts.append(_RAW_ROWS.format(keys=keys, extra=extra,
                                       aggregates=rollups.SUMMARY_AGGREGATES, raw=" UNION ALL ".join(raw),
                                       raw_filter=filter_))  # fmt: skip
     if not parts:
         parts.append(
             f"SELECT {keys}, {'NULL::VARCHAR AS code_name, ' if named else ''}NULL::BIGINT AS count, "
             "NULL::TIMESTAMPTZ AS first_ts, "
-            "NULL::TIMESTAMPTZ AS last_ts, NULL AS evidence, NULL::BIGINT AS summary_row, NULL::BOOLEAN AS learned "
+            "NULL::TIMESTAMPTZ AS last_ts, NULL AS evidence, NULL::BIGINT[] AS summary_rows, NULL::BOOLEAN AS learned "
             "WHERE false"
         )
     con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS " + " UNION ALL ".join(parts), {"until": until})
@@ -422,7 +441,7 @@ def _function_codes(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
 #: A group's evidence: the lists of its raw summaries and the summary rows whose lists are read afterwards.
 _EVIDENCE_PARTS = (
     "list({alias}.evidence) FILTER (WHERE {alias}.evidence IS NOT NULL) AS raw_evidence, "
-    "list({alias}.summary_row) FILTER (WHERE {alias}.summary_row IS NOT NULL) AS summary_rows"
+    "flatten(list({alias}.summary_rows) FILTER (WHERE {alias}.summary_rows IS NOT NULL)) AS summary_rows"
 )
 
 
@@ -850,7 +869,15 @@ def _fold(items: list[_NewItem]) -> list[_NewItem]:
 def _drop_temporary(con: duckdb.DuckDBPyConnection) -> None:
     """The working relations live in the caller's connection: free them once the answer is built."""
     con.execute("DROP VIEW IF EXISTS d8_observations")
-    for name in ("d8_grouped", "d8_registers", "d8_functions", "d8_local", "d8_sightings", "d8_flow_groups"):
+    for name in (
+        "d8_grouped",
+        "d8_registers",
+        "d8_functions",
+        "d8_local",
+        "d8_sightings",
+        "d8_flow_groups",
+        "d8_arp_groups",
+    ):
         con.execute(f"DROP TABLE IF EXISTS {name}")
 
 

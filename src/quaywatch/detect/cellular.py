@@ -169,10 +169,11 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     """Gather every signal per device, score them together, alert from ``ALERT_SCORE``."""
     present = relations(con)
     devices = Devices(con, present)
-    gateway_mac, gateway_ips, gateway_ttls = _site_gateway(con, devices)
+    internet = _internet_servers(con)
+    gateway_mac, gateway_ips, gateway_ttls, bypassed = _site_gateway(con, devices, internet)
     if "assets" in present:
         _maker(con, devices)
-    _uplinks(con, devices, gateway_mac, gateway_ttls)
+    _uplinks(con, devices, gateway_mac, gateway_ttls, bypassed)
     if "dhcp" in present:
         _dhcp(con, devices, gateway_ips)
     if "arp_history" in present and gateway_mac:
@@ -193,29 +194,41 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     return alerts
 
 
-def _site_gateway(con: duckdb.DuckDBPyConnection, devices: Devices) -> tuple[str | None, set[str], Counter[int]]:
-    """The MAC carrying most internet flows, its addresses, and the reply TTLs seen through it."""
-    # Grouped in SQL, in order of first appearance, so that ties between MACs fall as they did row by row.
+def _internet_servers(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The internet addresses among the flows' servers reached through a MAC: a site's million flows have a few
+    hundred distinct servers, judged here once, so that the flow queries below read only the flows to these."""
+    servers = con.execute("SELECT DISTINCT server_ip FROM flows WHERE server_mac IS NOT NULL").fetchall()
+    return sorted(str(ip) for (ip,) in servers if _global(ip))
+
+
+def _site_gateway(
+    con: duckdb.DuckDBPyConnection, devices: Devices, internet: list[str]
+) -> tuple[str | None, set[str], Counter[int], list[str]]:
+    """The MAC carrying most internet flows, its addresses, the reply TTLs seen through it, and the internet
+    servers also reached through another MAC (the only ones :func:`_uplinks` has to read flows of)."""
+    # Grouped in SQL, in order of first appearance, so that ties between MACs fall as they did row by row; only the
+    # flows to internet servers count, so only those are grouped.
     rows = con.execute(
         """
         SELECT server_ip, lower(server_mac) AS mac, server_ttl, count(*) AS n, min(rowid) AS first FROM flows
-        WHERE server_mac IS NOT NULL GROUP BY ALL ORDER BY first
-        """
+        WHERE server_ip IN (SELECT unnest($internet)) AND server_mac IS NOT NULL GROUP BY ALL ORDER BY first
+        """,
+        {"internet": internet},
     ).fetchall()
     counts: Counter[str] = Counter()
-    for ip, each, _, n, _ in rows:
-        if _global(ip):
-            counts[each] += n
+    for _, each, _, n, _ in rows:
+        counts[each] += n
     if not counts:
-        return None, set(), Counter()
+        return None, set(), Counter(), []
     mac = counts.most_common(1)[0][0]
     asset_id = devices.by_mac.get(mac)
     ips = devices.asset_ips.get(asset_id, set()) if asset_id else set()
     ttls: Counter[int] = Counter()
-    for ip, each, ttl, n, _ in rows:
-        if each == mac and ttl is not None and _global(ip):
+    for _, each, ttl, n, _ in rows:
+        if each == mac and ttl is not None:
             ttls[int(ttl)] += n
-    return mac, ips, ttls
+    bypassed = sorted({str(ip) for ip, each, _, _, _ in rows if each != mac})
+    return mac, ips, ttls, bypassed
 
 
 def _maker(con: duckdb.DuckDBPyConnection, devices: Devices) -> None:
@@ -236,12 +249,13 @@ def _maker(con: duckdb.DuckDBPyConnection, devices: Devices) -> None:
         device.times += [time for time in (first_seen, last_seen) if time is not None]
 
 
-def _uplinks(con: duckdb.DuckDBPyConnection, devices: Devices, gateway: str | None, ttls: Counter[int]) -> None:
-    if gateway is None:
+def _uplinks(
+    con: duckdb.DuckDBPyConnection, devices: Devices, gateway: str | None, ttls: Counter[int], bypassed: list[str]
+) -> None:
+    if gateway is None or not bypassed:
         return
-    # Only flows to internet addresses matter: the few distinct servers are judged in Python, the rows filtered in SQL.
-    servers = con.execute("SELECT DISTINCT server_ip FROM flows WHERE server_mac IS NOT NULL").fetchall()
-    internet = [ip for (ip,) in servers if _global(ip)]
+    # Only flows to internet servers through another MAC than the gateway's matter: ``bypassed`` names those
+    # servers (from the gateway's grouping), so the server address is tested first and leaves only their flows.
     # One row per device path (gateway MAC, client, server, reply TTL) with its first flows, not one per flow.
     rows = con.execute(
         """
@@ -249,10 +263,11 @@ def _uplinks(con: duckdb.DuckDBPyConnection, devices: Devices, gateway: str | No
                min_by(struct_pack(ts := ts, flow_id := flow_id, capture_id := capture_id, packet := first_packet),
                       struct_pack(ts, flow_id), 100),
                list_sort(list(DISTINCT community_id) FILTER (WHERE community_id <> ''))[1:100]
-        FROM flows WHERE server_mac IS NOT NULL AND lower(server_mac) <> ? AND server_ip IN (SELECT unnest(?))
+        FROM flows WHERE server_ip IN (SELECT unnest($servers)) AND server_mac IS NOT NULL
+                         AND lower(server_mac) <> $gateway
         GROUP BY ALL ORDER BY min(ts), mac, client_ip, server_ip
         """,
-        [gateway, internet],
+        {"gateway": gateway, "servers": bypassed},
     ).fetchall()
     usual = sorted(ttls)
     flows: dict[int, list[dict[str, Any]]] = {}
@@ -329,12 +344,23 @@ def _arp(con: duckdb.DuckDBPyConnection, devices: Devices, gateway_mac: str, gat
 
 def _dns(con: duckdb.DuckDBPyConnection, devices: Devices) -> None:
     data = indicators()
+    patterns = [*data["carrier_domains"], *data["iot_cloud_domains"]]
+    # The names are matched once each, as spelled (a site queries a few hundred distinct names, hundreds of thousands
+    # of times), and only the queries of matching names are grouped per client and lower-cased name.
+    names = con.execute(
+        "SELECT DISTINCT query_name FROM dns WHERE event_type = 'query' AND query_name IS NOT NULL"
+    ).fetchall()
+    matching = sorted(str(name) for (name,) in names if _matches(str(name), patterns) is not None)
+    if not matching:
+        return
     rows = con.execute(
         """
         SELECT client_ip, lower(query_name), min(ts), count(*), any_value(capture_id), min(packet_number),
                any_value(flow_id), any_value(community_id)
-        FROM dns WHERE event_type = 'query' AND query_name IS NOT NULL AND client_ip IS NOT NULL GROUP BY 1, 2
-        """
+        FROM dns WHERE event_type = 'query' AND query_name IS NOT NULL AND client_ip IS NOT NULL
+                       AND query_name IN (SELECT unnest($names)) GROUP BY 1, 2
+        """,
+        {"names": matching},
     ).fetchall()
     for client, name, ts, _count, capture_id, packet, flow_id, community_id in rows:
         for signal, patterns in (
