@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
-import yaml
 
 from quaywatch.detect import catalog, rollups
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
+from quaywatch.yaml_files import load_yaml
 
 if TYPE_CHECKING:
     from quaywatch.detect.context import DetectionContext
@@ -139,7 +139,7 @@ BASELINE_SCHEMA = pa.schema(
 def address_spaces() -> dict[int, str]:
     """Modbus function code to data table, from ``data/modbus_address_spaces.yaml`` (the specification's model)."""
     text = resources.files("quaywatch.data").joinpath("modbus_address_spaces.yaml").read_text(encoding="utf-8")
-    document: dict[str, Any] = yaml.safe_load(text)
+    document: dict[str, Any] = load_yaml(text)
     return {int(code): str(space) for code, space in document["function_codes"].items()}
 
 

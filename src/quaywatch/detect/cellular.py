@@ -30,12 +30,11 @@ from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from quaywatch.assets.declared import CELLULAR_MAKER_ROLES, CELLULAR_ROLE
 from quaywatch.detect import catalog
 from quaywatch.detect.alert import Alert, EventReference, Evidence, ScoreComponent
 from quaywatch.detect.rules import relations
+from quaywatch.yaml_files import load_yaml
 
 if TYPE_CHECKING:
     import duckdb
@@ -73,7 +72,7 @@ SEVERITY_STEPS = ((0.75, "critical"), (0.55, "high"), (0.4, "medium"), (0.0, "lo
 def indicators() -> dict[str, Any]:
     """The carrier and IoT-cloud domain patterns and TR-069 markers, with their sources."""
     text = resources.files("quaywatch.data").joinpath("cellular_indicators.yaml").read_text(encoding="utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
+    data: dict[str, Any] = load_yaml(text)
     return data
 
 

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import yaml
-
 from quaywatch.sim.physics import Move
+from quaywatch.yaml_files import load_yaml
 
 UNA = "UNA:+.? '"
 RELEASE = "?"
@@ -33,7 +32,7 @@ Element = str | Sequence[str]
 def reference() -> dict[str, Any]:
     """The message catalogue: versions, document codes and allowed segments per message type."""
     text = resources.files("quaywatch.data").joinpath("sim", "edifact.yaml").read_text(encoding="utf-8")
-    loaded: dict[str, Any] = yaml.safe_load(text)
+    loaded: dict[str, Any] = load_yaml(text)
     return loaded
 
 

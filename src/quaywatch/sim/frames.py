@@ -25,7 +25,8 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import yaml
+
+from quaywatch.yaml_files import load_yaml
 
 MSS = 1448
 TO_SERVER = 0
@@ -271,7 +272,7 @@ class TlsClientProfile:
 @cache
 def _tls_clients() -> dict[str, Any]:
     text = resources.files("quaywatch.data").joinpath("sim", "tls_clients.yaml").read_text(encoding="utf-8")
-    document: dict[str, Any] = yaml.safe_load(text)
+    document: dict[str, Any] = load_yaml(text)
     return document
 
 

@@ -37,12 +37,12 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import yaml
 
 from quaywatch.sim.engine import SimulationContext, Source
 from quaywatch.sim.frames import Endpoint, FrameBlock, mac_bytes, udp_datagram
 from quaywatch.sim.model import Device
 from quaywatch.sim.normal.streams import merge, periodic, tile
+from quaywatch.yaml_files import load_yaml
 
 BROADCAST_MAC = b"\xff" * 6
 LLDP_MULTICAST = bytes.fromhex("0180c200000e")
@@ -54,7 +54,7 @@ CAPABILITY_BRIDGE, CAPABILITY_ROUTER, CAPABILITY_STATION = 0x04, 0x10, 0x80
 def services() -> dict[str, Any]:
     """The simulator's service reference data (data/sim/services.yaml)."""
     text = resources.files("quaywatch.data").joinpath("sim", "services.yaml").read_text(encoding="utf-8")
-    document: dict[str, Any] = yaml.safe_load(text)
+    document: dict[str, Any] = load_yaml(text)
     return document
 
 

@@ -35,12 +35,12 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import yaml
 
 from quaywatch.sim.engine import SimulationContext, Source
 from quaywatch.sim.frames import TO_CLIENT, TO_SERVER, Endpoint, FrameBlock, Template, tcp_session, u16, udp_datagram
 from quaywatch.sim.model import Device
 from quaywatch.sim.pending import PendingFrames, bucket
+from quaywatch.yaml_files import load_yaml
 
 ENIP_PORT = 44818
 S7_REFERENCE = 11  # PDU reference in an S7 message: TPKT 4 + COTP DT 3 + header bytes 0-3
@@ -50,7 +50,7 @@ S7_PORT = 102
 @functools.cache
 def settings() -> dict[str, Any]:
     text = resources.files("quaywatch.data").joinpath("sim", "engineering.yaml").read_text(encoding="utf-8")
-    loaded: dict[str, Any] = yaml.safe_load(text)
+    loaded: dict[str, Any] = load_yaml(text)
     return loaded
 
 

@@ -27,7 +27,6 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import yaml
 
 from quaywatch.sim import edifact
 from quaywatch.sim.engine import Ports, SimulationContext, Source
@@ -35,6 +34,7 @@ from quaywatch.sim.frames import TO_CLIENT, TO_SERVER, FrameBlock, tcp_session
 from quaywatch.sim.model import Device, TerminalModel
 from quaywatch.sim.pending import PendingFrames, bucket
 from quaywatch.sim.physics import OWNER_CODES, SIZE_TYPES, Move, container_id
+from quaywatch.yaml_files import load_yaml
 
 SSH_CHUNK = 1280  # plaintext bytes per SFTP write record: each SSH record stays within one TCP segment
 FTP_CHUNK = 1448
@@ -43,7 +43,7 @@ FTP_CHUNK = 1448
 @functools.cache
 def settings() -> dict[str, Any]:
     text = resources.files("quaywatch.data").joinpath("sim", "container_data.yaml").read_text(encoding="utf-8")
-    loaded: dict[str, Any] = yaml.safe_load(text)
+    loaded: dict[str, Any] = load_yaml(text)
     return loaded
 
 

@@ -16,12 +16,12 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import yaml
 
 from quaywatch.sim.engine import ROLE_TTL, Scenario, SimulationContext
 from quaywatch.sim.frames import Endpoint, FrameBlock, Template, mac_bytes, tcp_session
 from quaywatch.sim.model import Device
 from quaywatch.sim.pending import PendingFrames
+from quaywatch.yaml_files import load_yaml
 
 MODEM_ROLE = "cellular router or modem"
 DEFAULT_ATTACKER = "office-014"
@@ -32,7 +32,7 @@ S7_PDU_SIZE = 480
 def attack_data() -> dict[str, Any]:
     """data/sim/attacks.yaml: device answers and attacker inputs of scenarios 4, 5, 7 and 8."""
     text = resources.files("quaywatch.data").joinpath("sim", "attacks.yaml").read_text(encoding="utf-8")
-    data: dict[str, Any] = yaml.safe_load(text)
+    data: dict[str, Any] = load_yaml(text)
     return data
 
 

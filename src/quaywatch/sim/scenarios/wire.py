@@ -23,12 +23,12 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import yaml
 
 from quaywatch.sim.engine import Scenario, SimulationContext
 from quaywatch.sim.frames import Endpoint, FrameBlock, client_hello, scenario_tls_client, server_hello, tls_record
 from quaywatch.sim.model import Device, TerminalModel
 from quaywatch.sim.pending import PendingFrames
+from quaywatch.yaml_files import load_yaml
 
 Builder = Callable[[], list[FrameBlock]]
 
@@ -37,7 +37,7 @@ Builder = Callable[[], list[FrameBlock]]
 def reference(section: str) -> dict[str, Any]:
     """One section of data/sim/scenarios.yaml (illustrative addresses and names, with their sources)."""
     text = resources.files("quaywatch.data").joinpath("sim", "scenarios.yaml").read_text(encoding="utf-8")
-    document: dict[str, Any] = yaml.safe_load(text)
+    document: dict[str, Any] = load_yaml(text)
     return dict(document[section])
 
 
