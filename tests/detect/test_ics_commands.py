@@ -9,7 +9,7 @@ import duckdb
 import pytest
 
 from quaywatch.analysis import Analyzer
-from quaywatch.detect import ics_commands, registry
+from quaywatch.detect import catalog, ics_commands, registry, rollups
 from quaywatch.detect.context import DetectionContext
 from quaywatch.detect.registry import run_detections
 from quaywatch.policy.load import load_policy, load_policy_text
@@ -216,3 +216,33 @@ def test_setpoints_bound_iec104_dnp3_and_opcua_writes(protocol: str, tmp_path: P
     }[protocol]
     (rows,) = con.execute(counted).fetchone() or (0,)
     assert len(violations) == rows > 0
+
+
+def _commands_row_by_row(con: duckdb.DuckDBPyConnection) -> list[ics_commands.Command]:
+    """The commands as read before the Arrow fetch: the decoder tables' rows one by one through fetchall()."""
+    selects = ics_commands.command_sources(catalog.tables(con))
+    rows = con.execute(" UNION ALL ".join(selects) + " ORDER BY ts, packet_number").fetchall()
+    return [
+        ics_commands.Command(str(protocol), str(capture_id), flow_id, community_id, ts, packet, str(client),
+                             str(server), code, name, base_code, unit_id, address, list(written or []), detail or None)
+        for (protocol, capture_id, flow_id, community_id, ts, packet, client, server, code, name, base_code, unit_id,
+             address, written, detail) in rows
+        if client is not None and server is not None
+    ]  # fmt: skip
+
+
+def test_the_arrow_fetch_gives_the_commands_of_the_row_by_row_fetch(sabotage: Path) -> None:
+    """Same commands, times (to the microsecond, in UTC) and order, from the decoder tables and from the summaries."""
+    con = connect(sabotage / "db.duckdb")
+    assert rollups.COMMAND_EVENTS in catalog.tables(con)  # the analysis summarised the capture
+    expected = _commands_row_by_row(con)
+    raw = duckdb.connect()  # the decoder tables only: no summary, so commands() reads them
+    raw.execute(f"ATTACH '{sabotage / 'db.duckdb'}' AS source (READ_ONLY)")
+    for table in sorted(catalog.tables(con) & {source for source, _ in ics_commands.SOURCES.values()}):
+        raw.execute(f"CREATE TABLE {table} AS SELECT * FROM source.{table}")
+    raw.execute("DETACH source")
+    found = {"summaries": ics_commands.commands(con), "decoder tables": ics_commands.commands(raw)}
+    assert expected and any(command.written for command in expected)
+    for where, commands in found.items():
+        assert commands == expected, where
+        assert all(command.ts.utcoffset() == dt.timedelta(0) for command in commands), where

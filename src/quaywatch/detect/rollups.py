@@ -205,11 +205,11 @@ def all_captures_rolled(con: duckdb.DuckDBPyConnection, present: set[str]) -> bo
     (``Store.begin_capture``), so then no raw row lies outside the summaries."""
     if "captures" not in present or ROLLUP_CAPTURES not in present:
         return False
-    row = con.execute(
+    rows = con.execute(
         f"SELECT count(*) FROM captures WHERE capture_id NOT IN "
         f"(SELECT capture_id FROM {ROLLUP_CAPTURES} WHERE version = {ROLLUP_VERSION})"
-    ).fetchone()
-    return row is not None and int(row[0]) == 0
+    ).fetchall()  # all, not one: a result read only in part keeps the connection busy for the caller's next query
+    return bool(rows) and int(rows[0][0]) == 0
 
 
 def rolled_captures_sql(present: set[str], until: dt.datetime | None = None) -> str | None:
