@@ -69,6 +69,18 @@ def test_registered_domain_follows_the_public_suffix_list() -> None:
     assert registered_domain("e1234.dscb.akamaiedge.net") == "dscb.akamaiedge.net"  # a CDN customer (private PSL)
 
 
+def test_the_suffix_list_holds_the_rules_the_library_builds() -> None:
+    """_suffix_list encodes only the non-ASCII rules: the same rule set as ``PublicSuffixList()`` parsing its whole
+    bundled list, so every name gets the same registered domain."""
+    from publicsuffixlist import PublicSuffixList
+
+    whole, ours = PublicSuffixList(), dns_tunnelling._suffix_list()
+    assert ours._publicsuffix == whole._publicsuffix
+    assert ours._maxlabel == whole._maxlabel
+    for name in ("www.example.co.uk", "xn--80ak6aa92e.xn--p1ai", "a.b.kawasaki.jp", "city.kawasaki.jp", "x.test.txt"):
+        assert registered_domain(name) == (whole.privatesuffix(name) or ".".join(name.split(".")[-2:]))
+
+
 def test_fires_on_ndpi_dns_exfiltration_sample(tmp_path: Path) -> None:
     alerts = _analyse(tmp_path, EXFILTRATION, "ndpi dns-exf.pcap (exfiltration)")
     assert len(alerts) == 1
@@ -230,9 +242,14 @@ def _reference_evidence(con: Any, client: str, domain: str) -> tuple[list[int], 
     return [row[2] for row in rows[: dns_tunnelling.EVIDENCE_PACKETS]], flows, communities
 
 
+@pytest.mark.parametrize("few_communities", [0, dns_tunnelling.FEW_COMMUNITIES])
 @pytest.mark.parametrize("client_ports", [400, 3, 1])
-def test_evidence_is_the_first_queries_and_lowest_flows(tmp_path: Path, client_ports: int) -> None:
-    """Many flows (each query its own), and few flows holding many queries (a reused source port): same evidence."""
+def test_evidence_is_the_first_queries_and_lowest_flows(
+    tmp_path: Path, client_ports: int, few_communities: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many flows (each query its own), and few flows holding many queries (a reused source port): same evidence,
+    whether the evidence step groups by Community ID (few of them) or not (``few_communities`` 0)."""
+    monkeypatch.setattr(dns_tunnelling, "FEW_COMMUNITIES", few_communities)
     start = dt.datetime(2026, 3, 2, 8, 0, tzinfo=dt.UTC).timestamp()
     frames = []
     for timestamp, frame in _tunnel(start, b"t.tunnel.example"):

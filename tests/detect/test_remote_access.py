@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from pathlib import Path
 
+import duckdb
 import pytest
 from click.testing import CliRunner
 
@@ -132,3 +133,20 @@ def test_zeek_traces_without_policy_give_possibly_ot_alerts(tmp_path: Path, trac
     assert all("possibly OT" in alert["explanation"] for alert in alerts)
     if server is not None:
         assert {alert["key"]["server_ip"] for alert in alerts} == {server}
+
+
+def test_sessions_carry_their_flows_macs_and_end_as_a_plain_join_does(rdp_site: SimulatedSite) -> None:
+    """The join to ``flows`` reads only the flows on the sessions' server ports: it finds each session's flow."""
+    con = duckdb.connect(str(rdp_site.database), read_only=True)
+    try:
+        found = remote_access.sessions(con)
+        expected = {
+            (row[0], row[1]): row[2:]
+            for row in con.execute("SELECT capture_id, flow_id, client_mac, server_mac, last_ts FROM flows").fetchall()
+        }
+    finally:
+        con.close()
+    assert found, "the vendor's RDP session"
+    for session in found:
+        key = (session["capture_id"], session["flow_id"])
+        assert (session["client_mac"], session["server_mac"], session["last_ts"]) == expected[key]

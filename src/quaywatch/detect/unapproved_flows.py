@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 DETECTION = "D1.unapproved-communication"
 REQUIRES = ("flow_policy", "flows")
 #: One-core seconds over the benchmark store (make bench): the engine starts the longest detections first.
-COST = 0.15
+COST = 0.09
 TECHNIQUES = ["T0883", "T0869", "T0885"]
 #: Roles whose traffic should never leave their zone (asset_roles.yaml vocabulary): one severity step higher.
 CRITICAL_ROLES = frozenset({"PLC", "drive", "weather station"})
@@ -66,12 +66,12 @@ _ROW = "struct_pack(" + ", ".join(
     for name in ("client_ip", "server_ip", "client_zone", "server_zone", "client_ot", "server_ot", "client_role",
                  "server_role", "client_asset", "server_asset", "flow_id", "capture_id", "packet")
 ) + ")"  # fmt: skip
-# Two groupings of the matched flows, each cheaper than one that carries everything: the distinct combinations of the
-# values the alert lists (a few hundred, however many flows), grouped again into the lists (list_distinct of a plain
-# list where nulls cannot occur or do not count: the alert sorts those lists, and a DISTINCT aggregate sets up a hash
-# table of its own, about 1 ms each; ports and servers keep theirs, nulls included); and per group its
-# Community IDs and its first EVIDENCE_FLOWS flows: from ``flow_policy`` itself their row ids (a top-N of numbers,
-# their records read afterwards by row id, _EVIDENCE), from the joined form their records.
+# A store whose ``flow_policy`` predates the flow columns (joined back to ``flows``, no row ids to read the records
+# by): two groupings of the matched flows, the distinct combinations of the values the alert lists (a few hundred,
+# however many flows), grouped again into the lists (list_distinct of a plain list where nulls cannot occur or do not
+# count: the alert sorts those lists, and a DISTINCT aggregate sets up a hash table of its own, about 1 ms each; ports
+# and servers keep theirs, nulls included); and per group its Community IDs and the records of its first
+# EVIDENCE_FLOWS flows. A current store takes the one pass of _COMBINED below.
 _GROUPS = """
 WITH matched AS MATERIALIZED ({matched}),
 combinations AS (
@@ -98,11 +98,53 @@ firsts AS (
 )
 SELECT * FROM lists JOIN firsts USING (client_ip, target) ORDER BY client_ip, target
 """
-#: What the groupings of _GROUPS read of the matched flows (the evidence records come by row id).
-_GROUPED = (
-    "client_ip, target, protocol, server_port, reason, server_ip, verdict, conduit, client_role, server_role, "
-    "client_ot, server_ot, ts, last_ts, community_id"
+# From ``flow_policy`` itself, one pass: the unapproved flows grouped by every value an alert lists or keys on (a few
+# hundred combinations, however many flows), each with its first EVIDENCE_FLOWS row ids by time; the OT ends joined
+# to those combinations rather than to every flow (an address's role and OT-ness are the same on each of its flows);
+# the combinations grouped again into the alerts' lists, and their row ids merged into each alert's first
+# EVIDENCE_FLOWS by server and time (a combination has one server, so its first rows by time hold every one of the
+# alert's first rows it has; a flow without a time sorts last, as in a struct key). The Community ID is a grouping
+# key rather than a DISTINCT aggregate, which would make DuckDB copy the flows for a grouping of its own; the
+# records of the evidence rows come afterwards (_EVIDENCE).
+_COMBINED = """
+WITH combinations AS (
+    SELECT client_ip, server_ip, verdict, server_zone, protocol, server_port, reason, conduit, community_id,
+           count(*) AS n, min(ts) AS first_seen, max(last_ts) AS last_seen,
+           min_by(rowid, coalesce(ts, 'infinity'), {limit}) AS policy_rows,
+           min(coalesce(ts, 'infinity'), {limit}) AS times
+    FROM flow_policy WHERE verdict IN ('external_unapproved', 'violation')
+    GROUP BY ALL
+),
+labelled AS (
+    SELECT m.*, CASE WHEN m.verdict = 'external_unapproved' THEN m.server_ip ELSE 'zone:' || m.server_zone END
+               AS target,
+           coalesce(c.ot, false) AS client_ot, coalesce(s.ot, false) AS server_ot, c.role AS client_role,
+           s.role AS server_role
+    FROM combinations AS m
+    LEFT JOIN host_context AS c ON c.ip = m.client_ip
+    LEFT JOIN host_context AS s ON s.ip = m.server_ip
+    WHERE coalesce(c.ot, false) OR coalesce(s.ot, false)
+),
+lists AS (
+    SELECT client_ip, target, CAST(sum(n) AS BIGINT) AS n, min(first_seen) AS first_seen,
+           max(last_seen) AS last_seen, bool_or(verdict = 'external_unapproved') AS external,
+           list_distinct(list(coalesce(protocol, 'None'))) AS protocols, list(DISTINCT server_port) AS ports,
+           list_distinct(list(coalesce(reason, 'None'))) AS reasons, list(DISTINCT server_ip) AS servers,
+           list_distinct(list(verdict)) AS verdicts,
+           list_distinct(list(conduit) FILTER (WHERE conduit <> '')) AS conduits,
+           list_distinct(list(client_role) FILTER (WHERE client_ot)) AS client_roles,
+           list_distinct(list(server_role) FILTER (WHERE server_ot)) AS server_roles,
+           list_sort(list_distinct(list(server_ip) FILTER (WHERE server_ot)))[1:50] AS ot_servers,
+           list(DISTINCT community_id) FILTER (WHERE community_id <> '') AS community_ids
+    FROM labelled GROUP BY client_ip, target
+),
+firsts AS (
+    SELECT client_ip, target, min_by(policy_row, struct_pack(server_ip, ts), {limit}) AS evidence
+    FROM (SELECT client_ip, target, server_ip, unnest(policy_rows) AS policy_row, unnest(times) AS ts FROM labelled)
+    GROUP BY client_ip, target
 )
+SELECT * FROM lists JOIN firsts USING (client_ip, target) ORDER BY client_ip, target
+"""
 #: The records of the evidence flows, by ``flow_policy`` row id.
 _EVIDENCE = _MATCHED.format(
     row=f", p.rowid AS policy_row, {_ROW} AS record",
@@ -126,15 +168,12 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     present = [name for name in _FLOW_COLUMNS if name in columns]
     joined = _JOINED.format(exclude=f" EXCLUDE ({', '.join(present)})" if present else "")
     if set(_FLOW_COLUMNS) <= columns:  # the evidence records afterwards, by row id: the groups need fewer columns
-        matched = (
-            f"SELECT {_GROUPED}, policy_row "
-            f"FROM ({_MATCHED.format(source='flow_policy', row=', p.rowid AS policy_row', only='')})"
-        )
         evidence = "policy_row"
+        cursor = con.execute(_COMBINED.format(limit=EVIDENCE_FLOWS))
     else:
         matched = _MATCHED.format(source=joined, row="", only="")
         evidence = _ROW
-    cursor = con.execute(_GROUPS.format(matched=matched, evidence=evidence, limit=EVIDENCE_FLOWS))
+        cursor = con.execute(_GROUPS.format(matched=matched, evidence=evidence, limit=EVIDENCE_FLOWS))
     names = [column[0] for column in cursor.description]
     groups = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
     if evidence == "policy_row":
