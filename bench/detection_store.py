@@ -31,6 +31,9 @@ REPEATED = (
     # The per-capture summaries analysis writes for D7 and D8 (src/quaywatch/detect/rollups.py); the times inside
     # their evidence lists are not shifted (they only order each row's evidence).
     "rollup_captures", "ics_command_events", "function_code_summary", "register_range_summary",
+    # The per-capture flow counts; their dictionary of flow keys (flow_keys, no capture_id) is copied once: the
+    # copies keep every address, so each key stands for the same flows in every copy.
+    "flow_summary",
 )  # fmt: skip
 #: Columns that are no event time (certificate validity, import and analysis times): never shifted.
 UNSHIFTED = ("not_before", "not_after", "analysed_at", "imported_at")
@@ -67,14 +70,19 @@ def build(seed: Path, out: Path, flows: int, threads: int = 2) -> dict[str, int]
     for table in tables:
         columns = _columns(con, table)
         names = {name for name, _ in columns}
-        times = [name for name, kind in columns if kind.startswith("TIMESTAMP") and name not in UNSHIFTED]
+        times = [(name, kind) for name, kind in columns if kind.startswith("TIMESTAMP") and name not in UNSHIFTED]
         if table in REPEATED and "capture_id" in names:
             replaced = ["capture_id || '-' || copy AS capture_id"]
             if "flow_id" in names:
                 replaced.append("flow_id || '-' || copy AS flow_id")
             if table == "captures":
                 replaced.append("sha256 || '-' || copy AS sha256")
-            replaced += [f'"{name}" + to_seconds(copy * {period}) AS "{name}"' for name in times]
+            replaced += [
+                f'list_transform("{name}", lambda t: t + to_seconds(copy * {period})) AS "{name}"'
+                if kind.endswith("[]")  # a list of times (flow_summary.times): each one shifted
+                else f'"{name}" + to_seconds(copy * {period}) AS "{name}"'
+                for name, kind in times
+            ]
             # No ORDER BY: sorting tens of millions of event rows costs minutes and changes no detection's result.
             select = f'SELECT * REPLACE ({", ".join(replaced)}) FROM range({copies}) AS r(copy), seed."{table}"'
             con.execute(f'CREATE TABLE "{table}" AS {select}')

@@ -259,14 +259,18 @@ def _groups(con: duckdb.DuckDBPyConnection, until: dt.datetime, has_flows: bool,
     """``d8_flow_groups`` and ``d8_arp_groups``: one grouping each of ``flows`` (by both ends, port, transport and
     application) and of ``arp`` (by sender), per side of ``until``, with count, first and last time. A site's
     million flows and hundreds of thousands of ARP packets are a few thousand such combinations: the devices, pairs
-    and protocols are counted from those (:func:`_sightings`), and so are the addresses judged local."""
+    and protocols are counted from those (:func:`_sightings`), and so are the addresses judged local.
+
+    The flows come from the per-capture flow summary where a capture has one (detect/rollups.py), and the rows
+    of a key and side it gives are added up here: a row per key and side makes the groupings that follow cheaper.
+    ARP is grouped raw: its rows group as fast as a summary of them adds up."""
     if has_flows:
+        counts = rollups.flow_groups_sql(con, catalog.tables(con), until)
         con.execute(
-            """CREATE OR REPLACE TEMP TABLE d8_flow_groups AS
-               SELECT client_ip, client_mac, server_ip, server_mac, server_port, transport, application,
-                      ts < $until AS learned, count(*) AS count, min(ts) AS first_ts, max(ts) AS last_ts
-               FROM flows GROUP BY ALL""",
-            {"until": until},
+            f"""CREATE OR REPLACE TEMP TABLE d8_flow_groups AS
+                SELECT {", ".join(rollups.FLOW_KEY_COLUMNS)}, learned, CAST(sum(count) AS BIGINT) AS count,
+                       min(first_ts) AS first_ts, max(last_ts) AS last_ts
+                FROM ({counts}) GROUP BY ALL"""
         )
     if has_arp:
         con.execute(
@@ -345,7 +349,7 @@ def function_code_sources(con: duckdb.DuckDBPyConnection, present: set[str]) -> 
 _SUMMARY_ROWS = """
 SELECT {keys}, {extra} CAST(sum(count) AS BIGINT) AS count, min(first_ts) AS first_ts, max(last_ts) AS last_ts,
        NULL AS evidence, list(rowid) AS summary_rows, last_ts < $until AS learned
-FROM {summary} WHERE capture_id IN ({rolled}) GROUP BY {keys}, learned
+FROM {summary} WHERE {wanted} GROUP BY {keys}, learned
 """
 _RAW_ROWS = """
 SELECT {keys}, {extra} {aggregates}, NULL::BIGINT[] AS summary_rows, learned FROM (
@@ -362,16 +366,19 @@ def _summaries(
     keys: str,
     until: dt.datetime,
     named: bool = False,
+    coverage: rollups.Coverage | None = None,
 ) -> None:
     """Temporary table ``name``: the summary rows of ``summary`` for the captures that have one, and ``raw``
     summarised the same way for the others (each row's learned flag says on which side of ``until`` it lies)."""
     present = catalog.tables(con)
-    rolled = rollups.rolled_captures_sql(present, until) if summary in present else None
+    if coverage is None:
+        coverage = rollups.coverage(con, present, until)
+    rolled = coverage.rolled if summary in present else None
     parts = []
     extra = "any_value(code_name) AS code_name, " if named else ""
     if rolled is not None:
-        parts.append(_SUMMARY_ROWS.format(keys=keys, extra=extra, summary=summary, rolled=rolled))
-    filter_ = _raw_filter(con, present, rolled, until)
+        parts.append(_SUMMARY_ROWS.format(keys=keys, extra=extra, summary=summary, wanted=coverage.summary_filter()))
+    filter_ = coverage.raw_filter() if rolled is not None else "true"
     if raw and filter_ is not None:
         parts.append(_RAW_ROWS.format(keys=keys, extra=extra,
                                       aggregates=rollups.SUMMARY_AGGREGATES, raw=" UNION ALL ".join(raw),
@@ -386,56 +393,15 @@ def _summaries(
     con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS " + " UNION ALL ".join(parts), {"until": until})
 
 
-#: Up to this many captures read raw are named as constants, with their time spans, which lets DuckDB skip the
-#: other row groups.
-_LISTED_CAPTURES = 64
-#: Rows of packets without a timestamp (pcapng simple packet blocks) carry none or time 0, outside the capture's span.
-_UNSTAMPED = "ts IS NULL OR ts <= TIMESTAMPTZ '1970-01-01 00:00:00+00'"
-
-
-def _timestamp_literal(value: dt.datetime) -> str:
-    return f"TIMESTAMPTZ '{value.astimezone(dt.UTC).isoformat()}'"
-
-
-def _raw_filter(
-    con: duckdb.DuckDBPyConnection, present: set[str], rolled: str | None, until: dt.datetime
-) -> str | None:
-    """Which raw rows to summarise: all without summaries; else those of the captures without a current summary
-    or spanning ``until`` (named, when few, with their spans: each capture's rows lie together and inside its span,
-    so the time zone maps skip the rest, where capture ids, which share long prefixes, cannot); None when there are
-    none.
-
-    The span condition changes no result: a capture's ``first_ts`` and ``last_ts`` are its first and last packet
-    times, which bound every row's time but those of packets without one; the summaries' learned flags rely on it
-    too."""
-    if rolled is None:
-        return "true"
-    if not rollups.all_captures_rolled(con, present):
-        return f"capture_id NOT IN ({rolled})"
-    rows = con.execute(
-        f"SELECT capture_id, first_ts, last_ts FROM captures WHERE capture_id NOT IN ({rolled}) "
-        f"LIMIT {_LISTED_CAPTURES + 1}"
-    ).fetchall()
-    if not rows:
-        return None
-    if len(rows) > _LISTED_CAPTURES:
-        return f"capture_id NOT IN ({rolled})"
-    listed = "capture_id IN (" + ", ".join("'" + str(row[0]).replace("'", "''") + "'" for row in rows) + ")"
-    if any(first is None or last is None for _, first, last in rows):
-        return listed
-    spans = " OR ".join(
-        f"ts BETWEEN {_timestamp_literal(first)} AND {_timestamp_literal(last)}" for _, first, last in rows
-    )
-    return f"{listed} AND ({_UNSTAMPED} OR {spans})"
-
-
 _FUNCTION_KEYS = "protocol, client_ip, server_ip, server_port, transport, code"
 
 
-def _function_codes(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
+def _function_codes(
+    con: duckdb.DuckDBPyConnection, until: dt.datetime, coverage: rollups.Coverage | None = None
+) -> None:
     """``d8_functions``: function-code summaries per capture (or per raw rows), see :func:`_summaries`."""
     raw = function_code_sources(con, catalog.tables(con))
-    _summaries(con, "d8_functions", rollups.FUNCTION_SUMMARY, raw, _FUNCTION_KEYS, until, named=True)
+    _summaries(con, "d8_functions", rollups.FUNCTION_SUMMARY, raw, _FUNCTION_KEYS, until, True, coverage)
 
 
 #: A group's evidence: the lists of its raw summaries and the summary rows whose lists are read afterwards.
@@ -609,10 +575,12 @@ def register_sources(con: duckdb.DuckDBPyConnection, present: set[str]) -> str |
 _RANGE_COLUMNS = "client_ip, server_ip, unit_id, address_space, range_start, range_end"
 
 
-def _register_requests(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> None:
+def _register_requests(
+    con: duckdb.DuckDBPyConnection, until: dt.datetime, coverage: rollups.Coverage | None = None
+) -> None:
     """``d8_registers``: Modbus address-interval summaries per capture (or per raw rows), see :func:`_summaries`."""
     raw = register_sources(con, catalog.tables(con))
-    _summaries(con, "d8_registers", rollups.RANGE_SUMMARY, [raw] if raw else [], _RANGE_COLUMNS, until)
+    _summaries(con, "d8_registers", rollups.RANGE_SUMMARY, [raw] if raw else [], _RANGE_COLUMNS, until, False, coverage)
 
 
 def _learned_ranges(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> dict[tuple[Any, ...], list[tuple[int, int]]]:
@@ -738,8 +706,9 @@ def learned_operations(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> di
 
 
 def _learned_operations(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> dict[str, Any]:
-    _function_codes(con, until)
-    _register_requests(con, until)
+    coverage = rollups.coverage(con, catalog.tables(con), until)
+    _function_codes(con, until, coverage)
+    _register_requests(con, until, coverage)
     functions: dict[tuple[str, str, str], set[str]] = {}
     rows = con.execute(
         "SELECT DISTINCT protocol, client_ip, server_ip, code FROM d8_functions WHERE learned"
@@ -895,8 +864,9 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
 
 def _detect(con: duckdb.DuckDBPyConnection, until: dt.datetime) -> list[Alert]:
     _observations(con, until)
-    _function_codes(con, until)
-    _register_requests(con, until)
+    coverage = rollups.coverage(con, catalog.tables(con), until)  # once for the function codes and the ranges
+    _function_codes(con, until, coverage)
+    _register_requests(con, until, coverage)
     learned, new = _items(con, until)
     stats = _learned_range_stats(con, until)
     for key, ranges in _learned_ranges(con, until).items():

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from quaywatch.detect import catalog
+from quaywatch.detect import catalog, rollups
 from quaywatch.detect.alert import Alert, EventReference, Evidence
 from quaywatch.detect.beacon_score import (
     MIN_CONNECTIONS,
@@ -67,9 +67,11 @@ LOCAL_NAME_SUFFIXES = (".local", ".arpa", ".localhost", ".home.arpa", ".lan", ".
 # the policy verdicts of the pairs whose prior can reach the alert score, then the rows of the pairs still in
 # ``beacon_pairs`` (numbers to numpy; the text stays in Arrow until an alert needs its evidence). Rows of one pair are
 # in time order, equal times (one beacon opening two sockets in one microsecond) in packet order.
+#: The pairs with enough flows, counted from the per-capture flow summary where a capture has one
+#: (``rollups.flow_groups_sql``: a few hundred keys per capture instead of every flow).
 _FLOW_PAIRS = """
 SELECT row_number() OVER (ORDER BY client_ip, server_ip, server_port, transport) AS pair, * FROM (
-    SELECT client_ip, server_ip, server_port, transport FROM flows GROUP BY ALL HAVING count(*) >= ?
+    SELECT client_ip, server_ip, server_port, transport FROM ({counts}) GROUP BY ALL HAVING sum(count) >= ?
 )
 """
 _FLOW_ROWS = """
@@ -538,7 +540,8 @@ def _flow_alerts(
     con: duckdb.DuckDBPyConnection, present: set[str], policy: Policy | None, threshold: float
 ) -> list[Alert]:
     """The beaconing (client, server, port, transport) pairs of ``flows``."""
-    con.execute("CREATE OR REPLACE TEMP TABLE beacon_pairs AS " + _FLOW_PAIRS, [MIN_CONNECTIONS])
+    counts = rollups.flow_groups_sql(con, present, keys=("client_ip", "server_ip", "server_port", "transport"))
+    con.execute("CREATE OR REPLACE TEMP TABLE beacon_pairs AS " + _FLOW_PAIRS.format(counts=counts), [MIN_CONNECTIONS])
     pairs = con.execute("SELECT pair, client_ip, server_ip, server_port, transport FROM beacon_pairs").fetchall()
     pairs.sort(key=lambda row: int(row[0]))
     hosts = _hosts(con, {str(row[column]) for row in pairs for column in (1, 2)}, present, policy)

@@ -115,8 +115,10 @@ def render() -> str:
         rollups.COMMAND_EVENTS: "Every state-changing ICS request of a capture (D7), written at analysis.",
         rollups.FUNCTION_SUMMARY: "ICS function codes per capture, client, server and port (D8), written at analysis.",
         rollups.RANGE_SUMMARY: "Modbus address intervals per capture, client, server and unit (D8), at analysis.",
+        rollups.FLOW_KEYS: "The store's flow keys: both ends, MACs, server port, transport and application (D4, D8).",
+        rollups.FLOW_SUMMARY: "Flows per capture and flow key, with their start times (D4, D8), written at analysis.",
     }
-    for name, schema in rollups.SCHEMAS.items():
+    for name, schema in (rollups.SCHEMAS | rollups.FLOW_SCHEMAS).items():
         lines += _table(name, schema, intros[name] + " See src/quaywatch/detect/rollups.py.")
     from quaywatch.intel.indicators import INDICATORS_SCHEMA, INDICATORS_TABLE
 
