@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import duckdb
+import pytest
 
 from quaywatch.detect.alert import Alert
 from quaywatch.detect.context import DetectionContext
@@ -155,3 +156,46 @@ def test_a_failing_part_fails_its_module_and_the_others_still_run() -> None:
     summary = run_detections(duckdb.connect(), DetectionContext(now=NOW), rules=[], modules=[parted, other], workers=2)  # type: ignore[list-item]
     assert set(summary.failed) == {"D4.beaconing"} and "no_such_column" in summary.failed["D4.beaconing"]
     assert summary.alerts == {"D5.dns-tunnelling": 0}
+
+
+def test_the_cycle_collector_pauses_for_the_run_and_comes_back_as_it_was() -> None:
+    """Off while detections run, on workers too; afterwards as before, also when a module raises and when the
+    caller had it off; a cycle made during the run is collected once it is back on."""
+    import gc
+    import weakref
+
+    seen: list[bool] = []
+    made: list[weakref.ref[Any]] = []
+
+    class Node:
+        peer: Any = None
+
+    def detect(connection: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
+        seen.append(gc.isenabled())
+        first, second = Node(), Node()
+        first.peer, second.peer = second, first  # a reference cycle: only the collector frees it
+        made.append(weakref.ref(first))
+        return []
+
+    def broken(connection: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Alert]:
+        raise RuntimeError("a module bug")
+
+    module = SimpleNamespace(DETECTION="D4.beaconing", REQUIRES=(), detect=detect, __name__="beaconing")
+    other = SimpleNamespace(DETECTION="D5.dns-tunnelling", REQUIRES=(), detect=detect, __name__="dns_tunnelling")
+    assert gc.isenabled()
+    for workers in (1, 2):
+        run_detections(duckdb.connect(), DetectionContext(now=NOW), rules=[], modules=[module, other], workers=workers)  # type: ignore[list-item]
+        assert gc.isenabled()
+    assert seen == [False] * 4
+    gc.collect()
+    assert all(reference() is None for reference in made)
+    failing = SimpleNamespace(DETECTION="D4.beaconing", REQUIRES=(), detect=broken, __name__="beaconing")
+    with pytest.raises(RuntimeError, match="a module bug"):
+        run_detections(duckdb.connect(), DetectionContext(now=NOW), rules=[], modules=[failing])  # type: ignore[list-item]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        run_detections(duckdb.connect(), DetectionContext(now=NOW), rules=[], modules=[module])  # type: ignore[list-item]
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
