@@ -213,9 +213,19 @@ def write_alerts(
     con: duckdb.DuckDBPyConnection, detections: Iterable[str], alerts: list[Alert], detected_at: dt.datetime
 ) -> int:
     """Replace the rows of every detection in ``detections`` by the folded ``alerts``; returns the rows written."""
+    return write_rows(con, detections, alert_rows(alerts, detected_at))
+
+
+def alert_rows(alerts: Iterable[Alert], detected_at: dt.datetime) -> list[dict[str, Any]]:
+    """The ``alerts`` rows of the folded ``alerts``. Alerts of different detections never fold together, so the
+    rows of each detection's alerts can be made apart (the engine makes them on the worker that ran it)."""
+    return [to_row(alert, detected_at) for alert in fold(alerts)]
+
+
+def write_rows(con: duckdb.DuckDBPyConnection, detections: Iterable[str], rows: list[dict[str, Any]]) -> int:
+    """Replace the rows of every detection in ``detections`` by ``rows`` (:func:`alert_rows`); returns their count."""
     ensure_alerts_table(con)
     names = sorted(set(detections))
-    rows = [to_row(alert, detected_at) for alert in fold(alerts)]
     batch = pa.Table.from_pylist(rows, schema=ALERTS_SCHEMA)  # noqa: F841  (DuckDB replacement scan)
     con.execute("BEGIN TRANSACTION")
     try:

@@ -51,7 +51,7 @@ from quaywatch.detect import (
     unapproved_flows,
 )
 from quaywatch.detect.alert import ALERTS_TABLE, Alert
-from quaywatch.detect.alert_store import ALERTS_SCHEMA, write_alerts
+from quaywatch.detect.alert_store import ALERTS_SCHEMA, alert_rows, write_rows
 from quaywatch.detect.context import DetectionContext
 from quaywatch.detect.rules import Rule, RuleError, evaluate, load_rules, relations
 from quaywatch.store.database import Store
@@ -185,6 +185,8 @@ class _Outcome:
     seconds: float = 0.0
     error: str | None = None
     part: Any = None
+    #: The alerts' ``alerts`` rows, folded (alert_store.alert_rows), when the thread that ran it made them.
+    rows: list[dict[str, Any]] | None = None
 
 
 def _run_rule(con: duckdb.DuckDBPyConnection, rule: Rule, context: DetectionContext) -> _Outcome:
@@ -231,16 +233,23 @@ def _combine(module: ModuleType, context: DetectionContext, parts: list[_Outcome
     return _Outcome(found, _emitted(module, found), seconds + time.perf_counter() - started)
 
 
+#: A task of a run: what it does on a connection (a cursor of its own with workers).
+Task = Callable[[duckdb.DuckDBPyConnection], _Outcome]
+
+
 def _in_workers(
-    con: duckdb.DuckDBPyConnection, tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]], workers: int
+    con: duckdb.DuckDBPyConnection, workers: int, prepare: Callable[[], list[Task]]
 ) -> tuple[list[_Outcome], float]:
-    """Run the tasks on ``workers`` threads, each with a cursor of its own (DuckDB runs queries without the GIL,
-    so one detection's SQL overlaps another's Python); outcomes in task order, whatever order they finish in, and
-    the longest of the workers' context builds."""
-    outcomes: list[_Outcome | None] = [None] * len(tasks)
-    pending: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for index in range(len(tasks)):
-        pending.put(index)
+    """Run the tasks ``prepare`` returns on ``workers`` threads, each with a cursor of its own (DuckDB runs queries
+    without the GIL, so one detection's SQL overlaps another's Python); outcomes in task order, whatever order they
+    finish in, and the longest of the workers' context builds.
+
+    The workers start first and build their context while this thread prepares the tasks (the rules, the
+    catalogue's answers): that work overlaps instead of coming before theirs.
+    """
+    pending: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    tasks: list[Task] = []
+    outcomes: list[_Outcome | None] = []
     context_seconds: list[float] = []
 
     def work() -> None:
@@ -250,11 +259,7 @@ def _in_workers(
             build_context_views(cursor)
             context_seconds.append(time.perf_counter() - started)
             with catalog.registered(cursor):  # what its tasks ask the catalogue, read once
-                while True:
-                    try:
-                        index = pending.get_nowait()
-                    except queue.Empty:
-                        return
+                while (index := pending.get()) is not None:
                     outcomes[index] = tasks[index](cursor)
         finally:
             cursor.close()
@@ -262,8 +267,16 @@ def _in_workers(
     threads = [threading.Thread(target=work, name=f"detect-{number}") for number in range(workers)]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        tasks += prepare()
+        outcomes += [None] * len(tasks)  # before any index is queued: the workers only read it after one is
+        for index in range(len(tasks)):
+            pending.put(index)
+    finally:  # also when preparing failed (a bad rule file): the workers stop once the queue is read
+        for _ in threads:
+            pending.put(None)
+        for thread in threads:
+            thread.join()
     missing = [index for index, outcome in enumerate(outcomes) if outcome is None]
     if missing:  # a worker died before it could build its context: run what it left on this connection
         build_context_views(con)
@@ -272,42 +285,108 @@ def _in_workers(
     return [outcome for outcome in outcomes if outcome is not None], max(context_seconds, default=0.0)
 
 
-def _scheduled(
-    con: duckdb.DuckDBPyConnection,
-    tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]],
-    rule_tasks: int,
-    modules: list[ModuleType],
-    context: DetectionContext,
-    workers: int,
-) -> tuple[list[_Outcome], float]:
-    """The outcomes of ``tasks`` (the rules', then one per module of ``modules``) run on ``workers`` threads, in
-    task order, and the longest of the workers' context builds.
+@dataclass(slots=True)
+class _Parted:
+    """The parts of one module as they finish on the workers; the last to finish combines them."""
 
-    A module with ``PARTS`` runs as one task per part, combined afterwards. The longest start first (``COST``, see
-    the module docstring), so that no long detection starts last: modules and parts by cost, then the rules (one
-    query each) in their order.
+    module: ModuleType
+    context: DetectionContext
+    parts: list[_Outcome | None]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    combined: _Outcome | None = None
+
+    def run(self, con: duckdb.DuckDBPyConnection, part: str, place: int) -> _Outcome:
+        outcome = _run_part(con, self.module, part, self.context)
+        with self.lock:
+            self.parts[place] = outcome
+            last = all(done is not None for done in self.parts)
+        if last:  # one thread gets here, after every part: combine on it, beside the others' work
+            self.combined = _finished(_combine(self.module, self.context, [done for done in self.parts if done]),
+                                      self.context)  # fmt: skip
+        return outcome
+
+
+def _finished(outcome: _Outcome, context: DetectionContext) -> _Outcome:
+    """The outcome with its alerts' rows made, on the thread that ran it (rather than all at the end, on one)."""
+    outcome.rows = alert_rows(outcome.found, context.now)
+    return outcome
+
+
+def _finishing(con: duckdb.DuckDBPyConnection, task: Task, context: DetectionContext) -> _Outcome:
+    return _finished(task(con), context)
+
+
+def _schedule(
+    tasks: list[Task], rule_tasks: int, modules: list[ModuleType], context: DetectionContext
+) -> tuple[list[Task], Callable[[list[_Outcome]], list[_Outcome]]]:
+    """The runs for the workers (the longest first) and how to turn their outcomes into the tasks' (in task order).
+
+    A module with ``PARTS`` runs as one task per part, the last part to finish combining them. The longest start
+    first (``COST``, see the module docstring), so that no long detection starts last: modules and parts by cost,
+    then the rules (one query each) in their order. Every run makes its alerts' rows as it ends.
     """
-    runs: list[tuple[int, Callable[[duckdb.DuckDBPyConnection], _Outcome]]] = []  # (task, what runs)
+    runs: list[tuple[int, Task]] = []  # (task, what runs)
     costs: list[float] = []
+    parted: dict[int, _Parted] = {}
     for index, module in enumerate(modules, start=rule_tasks):
         parts: dict[str, float] = getattr(module, "PARTS", {})
-        for part, cost in parts.items() if parts else [("", getattr(module, "COST", 0.0))]:
-            run = functools.partial(_run_part, module=module, part=part, context=context) if parts else tasks[index]
-            runs.append((index, run))
+        if not parts:
+            runs.append((index, functools.partial(_finishing, task=tasks[index], context=context)))
+            costs.append(float(getattr(module, "COST", 0.0)))
+            continue
+        parted[index] = _Parted(module, context, [None] * len(parts))
+        for place, (part, cost) in enumerate(parts.items()):
+            runs.append((index, functools.partial(parted[index].run, part=part, place=place)))
             costs.append(float(cost))
     order = sorted(range(len(runs)), key=lambda position: -costs[position])  # stable: equal costs keep their order
-    runs += [(index, tasks[index]) for index in range(rule_tasks)]
+    runs += [(index, functools.partial(_finishing, task=tasks[index], context=context)) for index in range(rule_tasks)]
     order += range(len(order), len(runs))
-    finished, context_seconds = _in_workers(con, [runs[position][1] for position in order], workers)
-    outcome_of = {position: finished[place] for place, position in enumerate(order)}
-    per_task: dict[int, list[_Outcome]] = {}
-    for position, (index, _) in enumerate(runs):  # a module's parts in PARTS order
-        per_task.setdefault(index, []).append(outcome_of[position])
-    outcomes = [per_task[index][0] for index in range(rule_tasks)]
-    for index, module in enumerate(modules, start=rule_tasks):
-        parted = bool(getattr(module, "PARTS", {}))
-        outcomes.append(_combine(module, context, per_task[index]) if parted else per_task[index][0])
-    return outcomes, context_seconds
+
+    def outcomes(finished: list[_Outcome]) -> list[_Outcome]:
+        outcome_of = {position: finished[place] for place, position in enumerate(order)}
+        per_task: dict[int, _Outcome] = {}
+        for position, (index, _) in enumerate(runs):
+            per_task.setdefault(index, outcome_of[position])
+        for index, run in parted.items():
+            per_task[index] = run.combined or _finished(
+                _combine(run.module, context, [outcome_of[p] for p, (i, _) in enumerate(runs) if i == index]), context
+            )  # combined on a worker, unless one died and this thread ran its parts
+        return [per_task[index] for index in range(len(tasks))]
+
+    return [runs[position][1] for position in order], outcomes
+
+
+def _plan(
+    present: set[str],
+    rules: list[Rule],
+    modules: list[ModuleType],
+    context: DetectionContext,
+    summary: DetectionSummary,
+) -> tuple[list[str], list[Task], int, list[ModuleType]]:
+    """The detections that can run on a store whose relations are ``present`` (the others in ``summary.skipped``):
+    their names, their tasks (the rules', then the modules'), how many are rules, and the modules."""
+    names: list[str] = []
+    tasks: list[Task] = []
+    for rule in rules:
+        missing = [table for table in rule.tables if table not in present]
+        missing = [table for table in missing if table not in (HOST_CONTEXT, ASSET_FINDINGS)] or missing
+        if missing:
+            summary.skipped[rule.id] = f"no table {', '.join(missing)} in the store"
+            continue
+        names.append(rule.id)
+        tasks.append(functools.partial(_run_rule, rule=rule, context=context))
+    rule_tasks = len(tasks)
+    chosen: list[ModuleType] = []
+    for module in modules:
+        name = str(getattr(module, "DETECTION", module.__name__))
+        missing = [table for table in getattr(module, "REQUIRES", ()) if table not in present]
+        if missing:
+            summary.skipped[name] = f"no table {', '.join(missing)} in the store"
+            continue
+        names.append(name)
+        chosen.append(module)
+        tasks.append(functools.partial(_run_module, module=module, context=context))
+    return names, tasks, rule_tasks, chosen
 
 
 def run_detections(
@@ -357,63 +436,46 @@ def _run_detections(
     context = context or DetectionContext()
     con = _connection(target)
     summary = DetectionSummary(detected_at=context.now)
-    parallel = workers > 1
-    started = time.perf_counter()
-    if not parallel:  # with workers, each builds its own on its cursor (temporary tables): none is needed here
+    names: list[str] = []
+    if workers > 1:  # each worker builds the context on its cursor (temporary tables): none is needed here
+        collected: list[Callable[[list[_Outcome]], list[_Outcome]]] = []
+
+        def prepare() -> list[Task]:
+            present = relations(con)  # this connection only asks which tables there are
+            chosen = rules if rules is not None else load_rules(rules_folder)
+            planned = _plan(present | context_relations(present), chosen, MODULES if modules is None else modules,
+                            context, summary)  # fmt: skip
+            names.extend(planned[0])
+            runs, outcomes_of = _schedule(*planned[1:], context)
+            collected.append(outcomes_of)
+            return runs
+
+        finished, summary.seconds["context"] = _in_workers(con, workers, prepare)
+        outcomes = collected[0](finished)
+    else:
+        started = time.perf_counter()
         build_context_views(con)
-    summary.seconds["context"] = time.perf_counter() - started
-    # What the rules and modules ask the catalogue, read once; with workers each reads its cursor's (and this
-    # connection only asks which tables there are).
-    with catalog.registered(con) if not parallel else contextlib.nullcontext():
-        present = relations(con)
-        if parallel:
-            present |= context_relations(present)
-        chosen = rules if rules is not None else load_rules(rules_folder)
-        names: list[str] = []
-        tasks: list[Callable[[duckdb.DuckDBPyConnection], _Outcome]] = []
-        for rule in chosen:
-            missing = [table for table in rule.tables if table not in present]
-            missing = [table for table in missing if table not in (HOST_CONTEXT, ASSET_FINDINGS)] or missing
-            if missing:
-                summary.skipped[rule.id] = f"no table {', '.join(missing)} in the store"
-                continue
-            names.append(rule.id)
-            tasks.append(functools.partial(_run_rule, rule=rule, context=context))
-        rule_tasks = len(tasks)
-        chosen_modules: list[ModuleType] = []
-        for module in MODULES if modules is None else modules:
-            name = str(getattr(module, "DETECTION", module.__name__))
-            missing = [table for table in getattr(module, "REQUIRES", ()) if table not in present]
-            if missing:
-                summary.skipped[name] = f"no table {', '.join(missing)} in the store"
-                continue
-            names.append(name)
-            chosen_modules.append(module)
-            tasks.append(functools.partial(_run_module, module=module, context=context))
-        runs = rule_tasks + sum(len(getattr(module, "PARTS", {})) or 1 for module in chosen_modules)
-        if parallel and runs > 1:
-            outcomes, summary.seconds["context"] = _scheduled(con, tasks, rule_tasks, chosen_modules, context, workers)
-        else:
-            if parallel:  # one task: it runs here, on a connection without the context yet
-                started = time.perf_counter()
-                build_context_views(con)
-                summary.seconds["context"] = time.perf_counter() - started
+        summary.seconds["context"] = time.perf_counter() - started
+        with catalog.registered(con):  # what the rules and modules ask the catalogue, read once
+            chosen = rules if rules is not None else load_rules(rules_folder)
+            planned = _plan(relations(con), chosen, MODULES if modules is None else modules, context, summary)
+            names, tasks = planned[0], planned[1]
             outcomes = [task(con) for task in tasks]
     ran: list[str] = []
-    alerts: list[Alert] = []
+    rows: list[dict[str, Any]] = []
     for name, outcome in zip(names, outcomes, strict=True):
         summary.seconds[name] = outcome.seconds
         if outcome.error is not None:
             summary.failed[name] = outcome.error
             continue
         ran += outcome.emitted
-        alerts += outcome.found
+        rows += outcome.rows if outcome.rows is not None else alert_rows(outcome.found, context.now)
     started = time.perf_counter()
-    write_alerts(con, ran, alerts, context.now)
+    write_rows(con, ran, rows)
     summary.seconds["write"] = time.perf_counter() - started
     # Report rows after folding: what the table now holds for each detection that ran.
-    rows = con.execute(
+    counts = con.execute(
         f'SELECT detection, count(*) FROM "{ALERTS_TABLE}" WHERE detected_at = ? GROUP BY 1', [context.now]
     ).fetchall()
-    summary.alerts = dict.fromkeys(ran, 0) | {str(detection): int(count) for detection, count in rows}
+    summary.alerts = dict.fromkeys(ran, 0) | {str(detection): int(count) for detection, count in counts}
     return summary
