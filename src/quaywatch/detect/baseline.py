@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 DETECTION = "D8.baseline-deviation"
 REQUIRES = ("flows",)
 #: One-core seconds over the benchmark store (make bench): the engine starts the longest detections first.
-COST = 0.22
+COST = 0.15
 BASELINE_TABLE = "baseline_items"
 #: The share of the stored time span used when ``learning_share`` is given without a value.
 DEFAULT_LEARNING_SHARE = 0.2

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 DETECTION = "D3.covert-cellular"
 REQUIRES = ("flows",)
 #: One-core seconds over the benchmark store (make bench): the engine starts the longest detections first.
-COST = 0.11
+COST = 0.07
 TECHNIQUES = ["T0883", "T0884", "T1011"]
 #: Signal weights; the score is the capped sum of weight x value.
 WEIGHTS = {
