@@ -102,6 +102,18 @@ class _Pipe:
             self.events.append(message)
 
 
+#: Resolves once the page matches print media (checked every 10 ms) and two frames have been rendered with it (a
+#: closed <details>' content-visibility is settled in a rendering update), or after 5 s whatever it matches.
+_PRINT_MEDIA_APPLIED = """new Promise(resolve => {
+  const started = Date.now();
+  const rendered = () => requestAnimationFrame(() => requestAnimationFrame(() => resolve(true)));
+  const poll = () => matchMedia('print').matches ? rendered()
+    : Date.now() - started > 5000 ? resolve(false) : setTimeout(poll, 10);
+  setTimeout(() => resolve(matchMedia('print').matches), 5000);
+  poll();
+})"""
+
+
 def visit(path: Path, tmp_path: Path, print_checks: tuple[str, ...] = ()) -> PageVisit:
     """Load ``path`` in headless Chromium and return its requests, console output, exceptions and DOM.
 
@@ -153,6 +165,9 @@ def visit(path: Path, tmp_path: Path, print_checks: tuple[str, ...] = ()) -> Pag
         page.section_ids = ids["result"]["value"]
         if print_checks:
             pipe.call("Emulation.setEmulatedMedia", {"media": "print"}, session)
+            # The renderer may apply the emulated media after the call returns (seen on a loaded machine): wait until
+            # the page itself sees print media before asking what it shows.
+            pipe.call("Runtime.evaluate", {"expression": _PRINT_MEDIA_APPLIED, "awaitPromise": True}, session)
             for expression in print_checks:
                 value = pipe.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
                 page.printed[expression] = value["result"].get("value")
