@@ -816,8 +816,8 @@ def _write_tables(store: Store, summary: InventorySummary) -> None:
     except Exception:
         con.execute("ROLLBACK")
         raise
-    summary.assets = con.execute(f"SELECT count(*) FROM {ASSETS_TABLE}").fetchone()[0]  # type: ignore[index]
-    summary.attributes = con.execute(f"SELECT count(*) FROM {ATTRIBUTES_TABLE}").fetchone()[0]  # type: ignore[index]
+    summary.assets = con.execute(f"SELECT count(*) FROM {ASSETS_TABLE}").fetchall()[0][0]
+    summary.attributes = con.execute(f"SELECT count(*) FROM {ATTRIBUTES_TABLE}").fetchall()[0][0]
     summary.roles = dict(con.execute(f"SELECT role, count(*) FROM {ASSETS_TABLE} GROUP BY role ORDER BY 1").fetchall())
-    summary.listed = con.execute(f"SELECT count(*) FROM {ASSETS_TABLE} WHERE len(listed) > 0").fetchone()[0]  # type: ignore[index]
-    summary.conflicts = con.execute(f"SELECT count(*) FROM {ASSETS_TABLE} WHERE len(conflicts) > 0").fetchone()[0]  # type: ignore[index]
+    summary.listed = con.execute(f"SELECT count(*) FROM {ASSETS_TABLE} WHERE len(listed) > 0").fetchall()[0][0]
+    summary.conflicts = con.execute(f"SELECT count(*) FROM {ASSETS_TABLE} WHERE len(conflicts) > 0").fetchall()[0][0]

@@ -216,8 +216,8 @@ def read_alerts(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
     """Every ``alerts`` row as a dict, most severe first, then latest first."""
     present = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [ALERTS_TABLE]
-    ).fetchone()
-    if not present or not present[0]:
+    ).fetchall()
+    if not present or not present[0][0]:
         return []
     cursor = con.execute(f'SELECT * FROM "{ALERTS_TABLE}" ORDER BY last_seen DESC, occurrence_id')
     names = [column[0] for column in cursor.description]

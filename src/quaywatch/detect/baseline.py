@@ -160,7 +160,8 @@ def learning_end(con: duckdb.DuckDBPyConnection, options: dict[str, Any] | None 
         return chosen if chosen.tzinfo else chosen.replace(tzinfo=dt.UTC)
     if "ts" not in _table_columns(con, "flows"):
         return None
-    row = con.execute("SELECT min(ts), max(last_ts) FROM flows").fetchone()
+    rows = con.execute("SELECT min(ts), max(last_ts) FROM flows").fetchall()
+    row = rows[0] if rows else None
     if row is None or row[0] is None:
         return None
     start, end = row

@@ -116,7 +116,7 @@ def _session_table(con: duckdb.DuckDBPyConnection) -> pa.Table | None:
 
 
 def _host_context(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[Any, ...]]:
-    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'host_context'").fetchone()[0]:  # type: ignore[index]
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'host_context'").fetchall()[0][0]:
         return {}
     rows = con.execute("SELECT ip, zone, ot, role, asset_id, zone_source FROM host_context").fetchall()
     return {str(row[0]): row[1:] for row in rows}

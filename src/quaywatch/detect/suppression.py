@@ -194,8 +194,8 @@ def stored_suppressions(con: duckdb.DuckDBPyConnection) -> list[Suppression]:
     """The entries stored by ``quaywatch alerts suppress``."""
     present = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [SUPPRESSIONS_TABLE]
-    ).fetchone()
-    if not present or not present[0]:
+    ).fetchall()
+    if not present or not present[0][0]:
         return []
     rows = con.execute(
         f'SELECT detection, key_json, host, until, reason, source_file, line FROM "{SUPPRESSIONS_TABLE}" ORDER BY '

@@ -405,10 +405,10 @@ def import_file(con: duckdb.DuckDBPyConnection, path: Path, now: dt.datetime | N
 
 
 def has_indicators(con: duckdb.DuckDBPyConnection) -> bool:
-    row = con.execute(
+    rows = con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [INDICATORS_TABLE]
-    ).fetchone()
-    return bool(row and row[0])
+    ).fetchall()
+    return bool(rows and rows[0][0])
 
 
 def list_indicators(con: duckdb.DuckDBPyConnection) -> list[dict[str, Any]]:
@@ -435,12 +435,12 @@ def remove_source(con: duckdb.DuckDBPyConnection, source: str) -> int:
     if not has_indicators(con):
         return 0
     prefix = source.lower() if len(source) >= 8 and _HEX.match(source.lower()) else None
-    row = con.execute(
+    rows = con.execute(
         f'SELECT count(*) FROM "{INDICATORS_TABLE}" WHERE source_file = ? OR (? IS NOT NULL AND '
         "starts_with(source_sha256, ?))",
         [source, prefix, prefix or ""],
-    ).fetchone()
-    count = int(row[0]) if row else 0
+    ).fetchall()
+    count = int(rows[0][0]) if rows else 0
     con.execute(
         f'DELETE FROM "{INDICATORS_TABLE}" WHERE source_file = ? OR (? IS NOT NULL AND starts_with(source_sha256, ?))',
         [source, prefix, prefix or ""],

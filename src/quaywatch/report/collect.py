@@ -366,8 +366,8 @@ def collect(
     site = policy.site if policy is not None and policy.site else ""
     counts = {}
     for table in sorted(tables):
-        row = con.execute(f'SELECT count(*) FROM "{table}"').fetchone()
-        counts[table] = int(row[0]) if row else 0
+        rows = con.execute(f'SELECT count(*) FROM "{table}"').fetchall()
+        counts[table] = int(rows[0][0]) if rows else 0
     sources: list[dict[str, Any]] = []
     if "declared_assets" in tables:
         sources = _rows(

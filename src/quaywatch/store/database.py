@@ -161,7 +161,7 @@ class Store:
             return
         # One DuckDB thread meanwhile: the caller keeps the other core busy. The setting is restored afterwards
         # (the capture's summaries are queries that use every thread allowed).
-        threads = self.connection.execute("SELECT current_setting('threads')").fetchone()
+        threads = self.connection.execute("SELECT current_setting('threads')").fetchall()[0]
         self.connection.execute("SET threads = 1")
         self.writer = _Writer(self.connection.cursor(), self.path)
         try:
@@ -203,10 +203,10 @@ class Store:
     def capture_record(self, capture_id: str) -> tuple[str, str | None] | None:
         """Status and full sha256 of a capture already registered."""
         self.flush()
-        row = self.connection.execute(
+        rows = self.connection.execute(
             "SELECT status, sha256 FROM captures WHERE capture_id = ?", [capture_id]
-        ).fetchone()
-        return None if row is None else (str(row[0]), row[1])
+        ).fetchall()
+        return None if not rows else (str(rows[0][0]), rows[0][1])
 
     def begin_capture(self, capture_id: str, name: str, path: str, file_bytes: int, version: str) -> None:
         """Register a capture as running, removing rows of an earlier interrupted run."""
