@@ -197,7 +197,7 @@ def test_a_capture_read_raw_keeps_its_rows_without_a_timestamp(site: Path, tmp_p
                 "AND ts IS NOT NULL AND event_type = 'request' LIMIT 3)",
                 [spanning[0]],
             )
-        filter_ = rollups.raw_filter(con, present, rolled, until)
+        filter_ = rollups.raw_filter(con, present, rolled)
         assert filter_ is not None and "BETWEEN" in filter_
         raw = " UNION ALL ".join(baseline.function_code_sources(con, present))
         kept = con.execute(f"SELECT count(*), count(ts) FROM ({raw}) WHERE {filter_}").fetchall()

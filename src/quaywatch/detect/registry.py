@@ -347,10 +347,10 @@ def _schedule(
         per_task: dict[int, _Outcome] = {}
         for position, (index, _) in enumerate(runs):
             per_task.setdefault(index, outcome_of[position])
-        for index, run in parted.items():
-            per_task[index] = run.combined or _finished(
-                _combine(run.module, context, [outcome_of[p] for p, (i, _) in enumerate(runs) if i == index]), context
-            )  # combined on a worker, unless one died and this thread ran its parts
+        for index, run in parted.items():  # the last of its parts to finish combined them, wherever it ran
+            if run.combined is None:
+                raise RuntimeError(f"not every part of {run.module.__name__} ran")
+            per_task[index] = run.combined
         return [per_task[index] for index in range(len(tasks))]
 
     return [runs[position][1] for position in order], outcomes

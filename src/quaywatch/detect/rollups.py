@@ -327,13 +327,11 @@ def _timestamp_literal(value: dt.datetime) -> str:
     return f"TIMESTAMPTZ '{value.astimezone(dt.UTC).isoformat()}'"
 
 
-def raw_filter(
-    con: duckdb.DuckDBPyConnection, present: set[str], rolled: str | None, until: dt.datetime | None = None
-) -> str | None:
-    """Which raw rows to summarise: all without summaries; else those of the captures without a current summary
-    or spanning ``until`` (named, when few, with their spans: each capture's rows lie together and inside its span,
-    so the time zone maps skip the rest, where capture ids, which share long prefixes, cannot); None when there are
-    none.
+def raw_filter(con: duckdb.DuckDBPyConnection, present: set[str], rolled: str | None) -> str | None:
+    """Which raw rows to summarise: all without summaries; else those of the captures outside ``rolled``
+    (:func:`rolled_captures_sql`, which for a learning end leaves out the captures spanning it), named, when few,
+    with their spans: each capture's rows lie together and inside its span, so the time zone maps skip the rest,
+    where capture ids, which share long prefixes, cannot; None when there are none.
 
     The span condition changes no result: a capture's ``first_ts`` and ``last_ts`` are its first and last packet
     times, which bound every row's time but those of packets without one; the summaries' learned flags rely on it

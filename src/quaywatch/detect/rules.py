@@ -28,7 +28,7 @@ from quaywatch.detect import attack, catalog
 from quaywatch.detect.alert import SEVERITIES, Alert, EventReference, Evidence, ScoreComponent
 from quaywatch.policy.load import _Checker
 from quaywatch.policy.model import Problem
-from quaywatch.yaml_files import SAFE_LOADER
+from quaywatch.yaml_files import SAFE_LOADER, load_yaml
 
 RULE_KEYS = (
     "id",
@@ -176,7 +176,7 @@ def _data_values(check: _Checker, node: yaml.Node, path: str) -> list[Any] | Non
         check.error(keys.get("data"), f"{path}.data", f"expected a data file name like x.yaml, got {name!r}")
         return None
     try:
-        document = yaml.load(resources.files("quaywatch.data").joinpath(name).read_text(encoding="utf-8"), _LOADER)
+        document = load_yaml(resources.files("quaywatch.data").joinpath(name).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
         check.error(keys.get("data"), f"{path}.data", f"cannot read data file {name}: {error}")
         return None
@@ -279,16 +279,11 @@ def _placeholders(check: _Checker, node: yaml.Node | None, path: str, allowed: s
     return text
 
 
-#: libyaml's safe loader when PyYAML has it (the same documents and marks, several times faster: every
-#: ``quaywatch detect`` reads every rule file), else the pure-Python one.
-_LOADER = SAFE_LOADER
-
-
 def load_rule_text(text: str, file: str = "rule.yaml") -> tuple[Rule | None, list[Problem]]:
     """Validate one rule given as YAML text; the rule is None when anything is wrong."""
     check = _RuleChecker(file)
     try:
-        root = yaml.compose(text, Loader=_LOADER)
+        root = yaml.compose(text, Loader=SAFE_LOADER)  # marks: problems name their line
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         return None, [Problem(file, mark.line + 1 if mark else 0, "(yaml)", f"not valid YAML: {error}")]

@@ -66,6 +66,16 @@ _ROW = "struct_pack(" + ", ".join(
     for name in ("client_ip", "server_ip", "client_zone", "server_zone", "client_ot", "server_ot", "client_role",
                  "server_role", "client_asset", "server_asset", "flow_id", "capture_id", "packet")
 ) + ")"  # fmt: skip
+#: What an alert lists of its combinations, the same from either grouping below (_GROUPS, _COMBINED).
+_LISTS = """SELECT client_ip, target, CAST(sum(n) AS BIGINT) AS n, min(first_seen) AS first_seen,
+           max(last_seen) AS last_seen, bool_or(verdict = 'external_unapproved') AS external,
+           list_distinct(list(coalesce(protocol, 'None'))) AS protocols, list(DISTINCT server_port) AS ports,
+           list_distinct(list(coalesce(reason, 'None'))) AS reasons, list(DISTINCT server_ip) AS servers,
+           list_distinct(list(verdict)) AS verdicts,
+           list_distinct(list(conduit) FILTER (WHERE conduit <> '')) AS conduits,
+           list_distinct(list(client_role) FILTER (WHERE client_ot)) AS client_roles,
+           list_distinct(list(server_role) FILTER (WHERE server_ot)) AS server_roles,
+           list_sort(list_distinct(list(server_ip) FILTER (WHERE server_ot)))[1:50] AS ot_servers"""
 # A store whose ``flow_policy`` predates the flow columns (joined back to ``flows``, no row ids to read the records
 # by): two groupings of the matched flows, the distinct combinations of the values the alert lists (a few hundred,
 # however many flows), grouped again into the lists (list_distinct of a plain list where nulls cannot occur or do not
@@ -80,15 +90,7 @@ combinations AS (
     FROM matched GROUP BY ALL
 ),
 lists AS (
-    SELECT client_ip, target, CAST(sum(n) AS BIGINT) AS n, min(first_seen) AS first_seen,
-           max(last_seen) AS last_seen, bool_or(verdict = 'external_unapproved') AS external,
-           list_distinct(list(coalesce(protocol, 'None'))) AS protocols, list(DISTINCT server_port) AS ports,
-           list_distinct(list(coalesce(reason, 'None'))) AS reasons, list(DISTINCT server_ip) AS servers,
-           list_distinct(list(verdict)) AS verdicts,
-           list_distinct(list(conduit) FILTER (WHERE conduit <> '')) AS conduits,
-           list_distinct(list(client_role) FILTER (WHERE client_ot)) AS client_roles,
-           list_distinct(list(server_role) FILTER (WHERE server_ot)) AS server_roles,
-           list_sort(list_distinct(list(server_ip) FILTER (WHERE server_ot)))[1:50] AS ot_servers
+    {lists}
     FROM combinations GROUP BY client_ip, target
 ),
 firsts AS (
@@ -126,15 +128,7 @@ labelled AS (
     WHERE coalesce(c.ot, false) OR coalesce(s.ot, false)
 ),
 lists AS (
-    SELECT client_ip, target, CAST(sum(n) AS BIGINT) AS n, min(first_seen) AS first_seen,
-           max(last_seen) AS last_seen, bool_or(verdict = 'external_unapproved') AS external,
-           list_distinct(list(coalesce(protocol, 'None'))) AS protocols, list(DISTINCT server_port) AS ports,
-           list_distinct(list(coalesce(reason, 'None'))) AS reasons, list(DISTINCT server_ip) AS servers,
-           list_distinct(list(verdict)) AS verdicts,
-           list_distinct(list(conduit) FILTER (WHERE conduit <> '')) AS conduits,
-           list_distinct(list(client_role) FILTER (WHERE client_ot)) AS client_roles,
-           list_distinct(list(server_role) FILTER (WHERE server_ot)) AS server_roles,
-           list_sort(list_distinct(list(server_ip) FILTER (WHERE server_ot)))[1:50] AS ot_servers,
+    {lists},
            list(DISTINCT community_id) FILTER (WHERE community_id <> '') AS community_ids
     FROM labelled GROUP BY client_ip, target
 ),
@@ -169,11 +163,11 @@ def detect(con: duckdb.DuckDBPyConnection, context: DetectionContext) -> list[Al
     joined = _JOINED.format(exclude=f" EXCLUDE ({', '.join(present)})" if present else "")
     if set(_FLOW_COLUMNS) <= columns:  # the evidence records afterwards, by row id: the groups need fewer columns
         evidence = "policy_row"
-        cursor = con.execute(_COMBINED.format(limit=EVIDENCE_FLOWS))
+        cursor = con.execute(_COMBINED.format(limit=EVIDENCE_FLOWS, lists=_LISTS))
     else:
         matched = _MATCHED.format(source=joined, row="", only="")
         evidence = _ROW
-        cursor = con.execute(_GROUPS.format(matched=matched, evidence=evidence, limit=EVIDENCE_FLOWS))
+        cursor = con.execute(_GROUPS.format(matched=matched, evidence=evidence, limit=EVIDENCE_FLOWS, lists=_LISTS))
     names = [column[0] for column in cursor.description]
     groups = [dict(zip(names, values, strict=True)) for values in cursor.fetchall()]
     if evidence == "policy_row":
